@@ -1,0 +1,180 @@
+"""Typed run options: dataclasses filled from a YAML file and ``--key value`` overrides.
+
+An unknown key or a value of the wrong type is a ``ReplearnError`` naming the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from replearn.errors import ReplearnError
+
+
+@dataclass
+class PretrainConfig:
+    """Self-supervised pretraining of an encoder."""
+
+    data: str = "fashion-mnist"  # built-in name, image folder, or .npy/.npz file
+    out: str = "runs/pretrain"  # run folder
+    method: str = "simclr"
+    backbone: str = "convnet"  # convnet | resnet18 | resnet50 | package.module:function
+    width: int = 32  # convnet width
+    small_stem: bool = True  # resnets: 3x3 stride-1 stem without max-pool, for small images
+    image_size: int | None = None  # default: the data's own size (folders: 64)
+    views: str | None = None  # view recipe; default: the method's own
+    crop_min_scale: float | None = None  # override the recipe's smallest crop area fraction
+    epochs: int = 10
+    batch_size: int = 256
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 2e-3  # peak learning rate at batch 256 (scaled linearly with batch size)
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5
+    temperature: float = 0.2
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    seed: int = 0
+    precision: Literal["auto", "32", "bf16", "16"] = "auto"
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: str = "auto"  # number of devices or "auto"
+    num_nodes: int = 1
+    num_workers: int = 0  # DataLoader workers (only for folders decoded lazily)
+    knn_monitor: bool = True  # kNN accuracy on a labelled hold-out each epoch, when labels exist
+    collapse_threshold: float = 0.02  # stop when std of normalised embeddings * sqrt(dim) falls below
+    limit: int | None = None  # use only the first N images (quick trials)
+    labels_csv: str | None = None  # folder labels as a path,label CSV
+
+
+@dataclass
+class EvaluateConfig:
+    """Frozen-encoder evaluation by the benchmark protocol."""
+
+    data: str = "fashion-mnist"
+    baseline: Literal["raw", "random"] | None = None  # evaluate raw pixels or a random-init encoder
+    backbone: str = "convnet"  # for --baseline random
+    width: int = 32
+    out: str | None = None  # where eval.json goes (default: the run folder)
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    few_label: list[int] = field(default_factory=lambda: [4, 25])  # labels per class
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    batch_size: int = 512
+    limit: int | None = None
+    labels_csv: str | None = None
+
+
+@dataclass
+class EmbedConfig:
+    """Export embeddings of a data source."""
+
+    data: str = "fashion-mnist"
+    out: str = "embeddings.npz"  # .npz or .parquet
+    split: Literal["train", "test", "all"] = "train"
+    batch_size: int = 512
+    limit: int | None = None
+    labels_csv: str | None = None
+
+
+def fields_of(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _closest(key: str, names) -> str:
+    close = difflib.get_close_matches(key.replace("-", "_"), list(names), n=1, cutoff=0.5)
+    return f"did you mean '{close[0].replace('_', '-')}'?" if close else f"valid keys: {', '.join(sorted(names))}"
+
+
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` (a YAML value or a command-line string) to type ``tp``, or explain why not."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        errors = []
+        for a in args:
+            try:
+                return coerce(key, value, a)
+            except ReplearnError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for c in choices:
+            if value == c or str(value) == str(c):
+                return c
+        raise ReplearnError(f"{key} must be one of {', '.join(map(str, choices))}, not {value!r}")
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ReplearnError(f"{key} must be a list, not {value!r}", "write e.g. 4,25")
+        return [coerce(key, v.strip() if isinstance(v, str) else v, inner) for v in items]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ReplearnError(f"{key} must be true or false, not {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ReplearnError(f"{key} must be a whole number, not {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ReplearnError(f"{key} must be a whole number, not {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ReplearnError(f"{key} must be a number, not {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ReplearnError(f"{key} must be a number, not {value!r}") from None
+    if tp is str:
+        if isinstance(value, dict | list):
+            raise ReplearnError(f"{key} must be a string, not {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported option type {tp!r} for {key}")
+
+
+def make_config(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None):
+    """Defaults < YAML file < overrides; every key checked against the dataclass."""
+    types_ = fields_of(cls)
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        p = Path(yaml_path)
+        if not p.is_file():
+            raise ReplearnError(f"no config file at {p}", "give the path of a YAML file")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ReplearnError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ReplearnError(f"{p} must hold a mapping of option: value")
+        values.update(loaded)
+    values.update(overrides or {})
+    out = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in types_:
+            raise ReplearnError(f"unknown option '{key}'", _closest(name, types_))
+        out[name] = coerce(name, value, types_[name])
+    return cls(**out)
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str | Path) -> None:
+    from replearn.fileio import atomic_write_text
+
+    atomic_write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), path)

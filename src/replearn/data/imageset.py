@@ -1,0 +1,85 @@
+"""ImageSet: the one in-memory form every data source is turned into."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ImageSet:
+    """Images with ids and labels.
+
+    ``images`` is a uint8 tensor (N, C, H, W) when the set is decoded in memory (small sets);
+    otherwise it is None and ``decode(i) -> uint8 (C, H, W)`` decodes one item (large folders,
+    decoded lazily in DataLoader workers). ``labels`` is int64 (N,), -1 where unknown.
+    ``skipped`` lists (path, reason) of inputs that could not be used.
+    """
+
+    ids: list[str]
+    labels: torch.Tensor
+    name: str
+    channels: int
+    size: int
+    images: torch.Tensor | None = None
+    decode: Callable[[int], torch.Tensor] | None = None
+    classes: list[str] | None = None
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.images is None and self.decode is None:
+            raise ValueError("an ImageSet needs images or a decode function")
+        if len(self.ids) != len(self.labels):
+            raise ValueError("ids and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def has_labels(self) -> bool:
+        return bool((self.labels >= 0).any())
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    def batch(self, index: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) for the given indices."""
+        if self.images is not None:
+            return self.images[torch.as_tensor(index, dtype=torch.long)]
+        assert self.decode is not None
+        return torch.stack([self.decode(int(i)) for i in index])
+
+    def subset(self, index: Sequence[int] | torch.Tensor) -> ImageSet:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        if self.images is not None:
+            images, decode = self.images[idx], None
+        else:
+            images, decode = None, _SubsetDecode(self.decode, idx.tolist())
+        return ImageSet(
+            ids=[self.ids[i] for i in idx.tolist()],
+            labels=self.labels[idx],
+            name=self.name,
+            channels=self.channels,
+            size=self.size,
+            images=images,
+            decode=decode,
+            classes=self.classes,
+            mean=self.mean,
+            std=self.std,
+            skipped=self.skipped,
+        )
+
+
+class _SubsetDecode:
+    """decode of a subset; a class, not a closure, so DataLoader workers can pickle it."""
+
+    def __init__(self, parent: Callable[[int], torch.Tensor], index: list[int]):
+        self.parent, self.index = parent, index
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return self.parent(self.index[i])

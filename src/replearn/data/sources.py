@@ -1,0 +1,611 @@
+"""Data sources turned into an ImageSet: Fashion-MNIST, sklearn digits, image folders, numpy arrays.
+
+Everything becomes square uint8 images (N, C, S, S) so that augmentation can run batched on the
+device; only a folder too large for memory is decoded lazily, one image at a time, in workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import gzip
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import urllib.request
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from replearn.data.imageset import ImageSet
+from replearn.errors import ReplearnError
+
+log = logging.getLogger(__name__)
+
+BUILTIN = ("fashion-mnist", "digits")
+SPLITS = ("train", "test", "all")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+DEFAULT_FOLDER_SIZE = 64
+# Larger images are skipped as "too large": PIL's own decompression-bomb error threshold
+# (2 * Image.MAX_IMAGE_PIXELS at its default), kept even when a user sets MAX_IMAGE_PIXELS = None.
+MAX_PIXELS = 178_956_970
+
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# md5 of the .gz files as served at FASHION_URL (table in zalandoresearch/fashion-mnist's README).
+# Debian's dataset-fashion-mnist re-compresses the same data, so its .gz bytes hash differently;
+# only downloads are checked.
+FASHION_MD5 = {
+    "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)  # of the 60k training images
+_SYSTEM_DIRS = [Path("/usr/share/datasets/fashion-mnist")]  # Debian: dataset-fashion-mnist
+_FASHION_HINT = (
+    "install it with 'apt-get install dataset-fashion-mnist', or put the four .gz files from "
+    f"{FASHION_URL} in a folder and set REPLEARN_DATA to that folder"
+)
+
+
+def data_names() -> list[str]:
+    return list(BUILTIN)
+
+
+def load_data(
+    spec: str,
+    split: str = "train",
+    image_size: int | None = None,
+    labels_csv: str | None = None,
+    max_in_memory_bytes: int = 4 << 30,
+    cache_dir: str | None = None,
+) -> ImageSet:
+    """Load a built-in dataset name, an image folder, or a .npy/.npz file as an ImageSet.
+
+    ``split``: "train", "test" or "all" for the built-ins; a folder or an array file has no split,
+    so every split returns all of it. ``image_size``: side of the square images; None keeps the
+    native size (28 for fashion-mnist, 8 for digits, the array's) and means 64 for a folder.
+    ``cache_dir`` replaces ~/.cache/replearn as the place fashion-mnist is downloaded to.
+    A built-in name wins over a folder of the same name (write ./digits for the folder).
+    """
+    if split not in SPLITS:
+        raise ReplearnError(f"unknown split: {split!r}", hint="use 'train', 'test' or 'all'")
+    if not spec.strip():
+        raise ReplearnError(
+            "no data given", hint=f"give one of {', '.join(BUILTIN)}, an image folder or a .npy/.npz file"
+        )
+    path = Path(spec).expanduser()
+    if labels_csv is not None and (spec in BUILTIN or not path.is_dir()):
+        raise ReplearnError("labels_csv applies to image folders only", hint="drop labels_csv here")
+    if spec == "fashion-mnist":
+        data = _fashion_mnist(split, cache_dir)
+    elif spec == "digits":
+        data = _digits(split)
+    elif path.is_dir():
+        if split == "test":
+            log.info("%s is a folder and has no test split: using all of it", spec)
+        return _folder(path, image_size or DEFAULT_FOLDER_SIZE, labels_csv, max_in_memory_bytes)
+    elif path.is_file() and path.suffix.lower() in (".npy", ".npz"):
+        data = _arrays(path)
+    elif path.exists():
+        raise ReplearnError(
+            f"not an image folder, .npy or .npz file: {spec}", hint="give a folder of images or a numpy file"
+        )
+    else:
+        close = difflib.get_close_matches(spec.lower(), BUILTIN, n=1, cutoff=0.6)
+        raise ReplearnError(
+            f"no such folder or dataset: {spec}",
+            hint=(f"did you mean '{close[0]}'? " if close else "")
+            + f"built-in datasets: {', '.join(BUILTIN)}; otherwise give an image folder or a .npy/.npz file",
+        )
+    return _resized(data, image_size) if image_size and image_size != data.size else data
+
+
+def _resized(data: ImageSet, size: int) -> ImageSet:
+    assert data.images is not None
+    out = torch.empty(len(data), data.channels, size, size, dtype=torch.uint8)
+    for start in range(0, len(data), 4096):  # chunks bound the float copy
+        x = data.images[start : start + 4096].float()
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + 4096] = x.round_().clamp_(0, 255).to(torch.uint8)
+    return dataclasses.replace(data, images=out, size=size)
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+
+
+def _fashion_mnist(split: str, cache_dir: str | None) -> ImageSet:
+    parts = {"train": ["train"], "test": ["t10k"], "all": ["train", "t10k"]}[split]
+    names = [f"{p}-{kind}" for p in parts for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+    files = _find_fashion(names, cache_dir)
+    arrays = [_read_idx(files[n]) for n in names]
+    images, labels = np.concatenate(arrays[0::2]), np.concatenate(arrays[1::2])
+    if images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+        raise ReplearnError(
+            f"{files[names[0]].parent} does not hold fashion-mnist: images {images.shape}, labels {labels.shape}",
+            hint=_FASHION_HINT,
+        )
+    split_names = {"train": "train", "t10k": "test"}
+    ids = [f"{split_names[p]}/{i}" for p, a in zip(parts, arrays[0::2], strict=True) for i in range(len(a))]
+    return ImageSet(
+        ids=ids,
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        name="fashion-mnist",
+        channels=1,
+        size=28,
+        images=torch.from_numpy(images).unsqueeze(1),  # (N, 1, 28, 28)
+        classes=list(FASHION_CLASSES),
+        mean=FASHION_MEAN,
+        std=FASHION_STD,
+    )
+
+
+def _fashion_dirs(cache_dir: str | None) -> list[Path]:
+    env = os.environ.get("REPLEARN_DATA")
+    first = [Path(env).expanduser(), Path(env).expanduser() / "fashion-mnist"] if env else []
+    return [*first, *_SYSTEM_DIRS, _cache_root(cache_dir) / "fashion-mnist"]
+
+
+def _cache_root(cache_dir: str | None) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "replearn"
+
+
+def _find_fashion(names: list[str], cache_dir: str | None) -> dict[str, Path]:
+    for folder in _fashion_dirs(cache_dir):
+        found = {n: next((p for p in (folder / f"{n}.gz", folder / n) if p.is_file()), None) for n in names}
+        if all(found.values()):
+            return found  # type: ignore[return-value]
+    return _download(names, _cache_root(cache_dir) / "fashion-mnist")
+
+
+def _fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.read()
+
+
+def _download(names: list[str], folder: Path) -> dict[str, Path]:
+    files = {}
+    for name in names:
+        url = f"{FASHION_URL}{name}.gz"
+        log.info("downloading %s", url)
+        try:
+            data = _fetch(url)
+        except OSError as e:
+            raise ReplearnError(
+                f"fashion-mnist is not on this machine and downloading it failed ({e})", hint=_FASHION_HINT
+            ) from e
+        got = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if got != FASHION_MD5[name]:
+            raise ReplearnError(
+                f"downloaded {name}.gz has md5 {got}, expected {FASHION_MD5[name]}",
+                hint="the download was damaged or the file changed upstream: retry, or " + _FASHION_HINT,
+            )
+        try:
+            files[name] = _write_atomic(folder / f"{name}.gz", data)
+        except OSError as e:
+            raise ReplearnError(f"cannot write to {folder}: {e}", hint="pass a writable cache_dir") from e
+    return files
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    """Temp file + rename, so an interrupted download never leaves a half file that looks complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format: zero bytes, dtype 0x08 = ubyte, ndim, big-endian dims, data)."""
+    try:
+        raw = path.read_bytes()
+        raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError, zlib.error) as e:
+        raise ReplearnError(f"cannot read {path}: {e}", hint=_FASHION_HINT) from e
+    ndim = raw[3] if len(raw) > 3 else 0
+    shape = tuple(np.frombuffer(raw, ">u4", ndim, 4).tolist()) if len(raw) >= 4 + 4 * ndim else ()
+    if raw[:3] != b"\0\0\x08" or not shape or len(raw) != 4 + 4 * ndim + int(np.prod(shape)):
+        raise ReplearnError(f"{path} is not a uint8 IDX file (damaged?)", hint=_FASHION_HINT)
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()  # copy: writable
+
+
+# ---------------------------------------------------------------- sklearn digits
+
+
+def _digits(split: str) -> ImageSet:
+    from sklearn.datasets import load_digits  # slow import, only when asked for
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
+    order = np.random.default_rng(0).permutation(len(images))
+    n_train = int(0.8 * len(images))
+    index = {"train": order[:n_train], "test": order[n_train:], "all": np.arange(len(images))}[split]
+    mean, std = _stats(torch.from_numpy(images[order[:n_train]]))
+    return ImageSet(
+        ids=[f"digits/{i}" for i in index],
+        labels=torch.from_numpy(digits.target[index].astype(np.int64)),
+        name="digits",
+        channels=1,
+        size=8,
+        images=torch.from_numpy(images[index]),
+        classes=[str(d) for d in range(10)],
+        mean=mean,
+        std=std,
+    )
+
+
+def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std in [0, 1] units, summed in float64 chunks to bound memory."""
+    c = images.shape[1]
+    s, ss, n = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for chunk in images.split(256):
+        x = chunk.transpose(0, 1).reshape(c, -1).double() / 255
+        s, ss, n = s + x.sum(1), ss + (x * x).sum(1), n + x.shape[1]
+    mean = s / n
+    std = (ss / n - mean**2).clamp_min(0).sqrt().clamp_min(1 / 255)  # a constant image must not divide by 0
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+# ---------------------------------------------------------------- numpy arrays
+
+
+def _arrays(path: Path) -> ImageSet:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            images, labels = loaded, None
+        else:
+            with loaded:
+                if "images" not in loaded.files:
+                    raise ReplearnError(
+                        f"{path} has no array named 'images' (it has: {', '.join(loaded.files) or 'none'})",
+                        hint="save with numpy.savez(path, images=..., labels=...)",
+                    )
+                images = loaded["images"]
+                labels = loaded["labels"] if "labels" in loaded.files else None
+    except (OSError, ValueError, EOFError) as e:
+        raise ReplearnError(
+            f"cannot read {path}: {e}", hint="save with numpy.save / numpy.savez (no pickled objects)"
+        ) from e
+    x = _nchw_uint8(images, path.name)
+    y, classes = _array_labels(labels, len(x), path.name)
+    mean, std = _stats(torch.from_numpy(x[_spread(len(x), 2000)]))
+    return ImageSet(
+        ids=[str(i) for i in range(len(x))],
+        labels=y,
+        name=path.stem,
+        channels=x.shape[1],
+        size=x.shape[2],
+        images=torch.from_numpy(x),
+        classes=classes,
+        mean=mean,
+        std=std,
+    )
+
+
+def _nchw_uint8(images: np.ndarray, name: str) -> np.ndarray:
+    shape = images.shape
+    if images.ndim == 4 and shape[3] in (1, 3) and shape[1] == shape[2]:
+        x = images.transpose(0, 3, 1, 2)  # (N, H, W, C)
+    else:
+        x = images[:, None] if images.ndim == 3 else images
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[2] != x.shape[3] or not len(x):
+        raise ReplearnError(
+            f"{name}: images of shape {shape} are not square images with 1 or 3 channels",
+            hint="use (N,H,W), (N,H,W,C) or (N,C,H,W) with H == W and C 1 or 3; crop or resize first",
+        )
+    if x.dtype.kind == "f":
+        lo, hi = (float(x.min()), float(x.max())) if np.isfinite(x).all() else (float("nan"),) * 2
+        if not (0 <= lo and hi <= 1):
+            raise ReplearnError(
+                f"{name}: float images must lie in [0, 1], found [{lo}, {hi}]",
+                hint="divide by 255, or save uint8 images",
+            )
+        x = np.rint(x * 255)
+    elif x.dtype.kind not in "ui" or (x.size and (x.min() < 0 or x.max() > 255)):
+        raise ReplearnError(
+            f"{name}: images of dtype {x.dtype} must be uint8 (0..255) or float in [0, 1]",
+            hint="convert with .astype(numpy.uint8) or scale to [0, 1]",
+        )
+    return np.ascontiguousarray(x, dtype=np.uint8)
+
+
+def _array_labels(labels: np.ndarray | None, n: int, name: str) -> tuple[torch.Tensor, list[str] | None]:
+    if labels is None:
+        return torch.full((n,), -1, dtype=torch.long), None
+    if labels.shape != (n,):
+        raise ReplearnError(
+            f"{name}: labels of shape {labels.shape} do not match {n} images",
+            hint="labels are one value per image, shape (N,)",
+        )
+    if labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all():
+        labels = labels.astype(np.int64)
+    values = [str(v) for v in labels.tolist()]
+    y, classes = _encode_labels(values, name)
+    return torch.tensor(y, dtype=torch.long), classes
+
+
+def _encode_labels(values: list[str], source: str) -> tuple[list[int], list[str] | None]:
+    """Integers are class indices as they are (-1 or empty = unknown); names get sorted indices."""
+    names = [v for v in values if v not in ("", "-1")]
+    if not names:
+        return [-1] * len(values), None
+    try:
+        ints = [int(v) if v else -1 for v in values]
+    except ValueError:
+        classes = sorted(set(names))
+        index = {c: i for i, c in enumerate(classes)}
+        return [index.get(v, -1) for v in values], classes
+    if min(ints) < -1:
+        raise ReplearnError(
+            f"{source}: negative class index {min(ints)}", hint="use -1 or leave empty for unknown"
+        )
+    return ints, [str(i) for i in range(max(ints) + 1)]
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def _folder(root: Path, size: int, labels_csv: str | None, max_bytes: int) -> ImageSet:
+    files = _image_files(root)
+    if not files:
+        raise ReplearnError(
+            f"folder {root} holds no images",
+            hint=f"image files end in {' '.join(IMAGE_SUFFIXES)} (any case); other files are ignored",
+        )
+    labels, classes = _csv_labels(root, files, labels_csv) if labels_csv else _subfolder_labels(files)
+    paths = [str(root / f) for f in files]
+    workers = min(8, os.cpu_count() or 1)
+    # 3 channels: whether all images are gray is known only after opening them
+    eager = len(files) * 3 * size * size <= max_bytes
+    with ThreadPoolExecutor(workers) as pool:
+        if eager:
+            out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+            kept, skipped, gray = [], [], True
+            for i, (image, reason) in enumerate(pool.map(partial(_decode_file, size=size), paths)):
+                if image is None:
+                    skipped.append((files[i], reason))
+                    continue
+                out[len(kept)] = image  # a gray (1, S, S) broadcasts to 3 channels
+                gray &= image.shape[0] == 1
+                kept.append(i)
+        else:
+            checks = list(pool.map(_check_file, paths))
+            kept = [i for i, (g, _) in enumerate(checks) if g is not None]
+            skipped = [(files[i], r) for i, (g, r) in enumerate(checks) if g is None]
+            gray = all(checks[i][0] for i in kept)
+        if not kept:
+            raise ReplearnError(
+                f"none of the {len(files)} image files in {root} could be read",
+                hint="; ".join(f"{p}: {r}" for p, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""),
+            )
+        if skipped:
+            log.warning(
+                "skipped %d of %d images in %s (see ImageSet.skipped)", len(skipped), len(files), root
+            )
+        channels = 1 if gray else 3
+        images, decode = None, None
+        if eager:
+            images = out[: len(kept), :channels]
+            if channels == 1 or len(kept) < len(files):
+                images = images.clone()  # not a view that keeps the whole buffer alive
+            sample = images[_spread(len(kept), 2000)]
+        else:
+            decode = FolderDecoder([paths[i] for i in kept], size, channels)
+            sample = torch.stack(list(pool.map(decode, _spread(len(kept), 256))))
+    mean, std = _stats(sample)  # evenly spread, as folders are often sorted by class
+    return ImageSet(
+        ids=[files[i] for i in kept],
+        labels=torch.tensor([labels[i] for i in kept], dtype=torch.long),
+        name=root.resolve().name,
+        channels=channels,
+        size=size,
+        images=images,
+        decode=decode,
+        classes=classes,
+        mean=mean,
+        std=std,
+        skipped=skipped,
+    )
+
+
+def _spread(n: int, k: int) -> list[int]:
+    return np.linspace(0, n - 1, min(n, k)).round().astype(int).tolist()
+
+
+def _image_files(root: Path) -> list[str]:
+    """Relative posix paths of image files, recursively; hidden files and folders are left out."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop, or a second link to the same folder
+            dirnames.clear()
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # sorted: the first link wins
+        rel = Path(dirpath).relative_to(root)
+        found += [
+            (rel / f).as_posix()
+            for f in filenames
+            if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
+        ]
+    return sorted(found)
+
+
+def _subfolder_labels(files: list[str]) -> tuple[list[int], list[str] | None]:
+    """Class sub-folders when every image lies below one of at least two sub-folders; else unlabelled."""
+    tops = [f.split("/", 1)[0] if "/" in f else None for f in files]
+    classes = sorted({t for t in tops if t is not None})
+    if None in tops or len(classes) < 2:
+        return [-1] * len(files), None
+    index = {c: i for i, c in enumerate(classes)}
+    return [index[t] for t in tops], classes
+
+
+def _csv_labels(root: Path, files: list[str], labels_csv: str) -> tuple[list[int], list[str] | None]:
+    try:
+        with open(Path(labels_csv).expanduser(), newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ReplearnError(
+            f"cannot read labels file {labels_csv}: {e}", hint="a CSV file with rows 'path,label'"
+        ) from e
+    position = {f: i for i, f in enumerate(files)}
+    if rows and _norm_path(rows[0][0]) not in position:
+        rows = rows[1:]  # the header (a first row that names an image is data)
+    given: dict[str, str] = {}
+    for row in rows:
+        if len(row) < 2:
+            raise ReplearnError(
+                f"{labels_csv}: the row for {row[0]!r} has no label", hint="each row is 'path,label'"
+            )
+        path, label = _norm_path(row[0]), row[1].strip()
+        if given.setdefault(path, label) != label:
+            raise ReplearnError(
+                f"{labels_csv} gives {path} two labels: {given[path]!r} and {label!r}",
+                hint="keep one row per image",
+            )
+    codes, classes = _encode_labels(list(given.values()), labels_csv)
+    by_path = dict(zip(given, codes, strict=True))
+    matched = sum(p in position for p in given)
+    if given and not matched:
+        raise ReplearnError(
+            f"no path in {labels_csv} names an image in {root}",
+            hint=f"paths are relative to the folder, like {files[0]!r}",
+        )
+    if matched < len(given):
+        log.warning("%d paths in %s name no image in %s", len(given) - matched, labels_csv, root)
+    return [by_path.get(f, -1) for f in files], classes
+
+
+def _norm_path(p: str) -> str:
+    return PurePosixPath(p.strip().replace("\\", "/")).as_posix()  # "./a\\b.jpg" -> "a/b.jpg"
+
+
+class FolderDecoder:
+    """decode(i) of a lazy folder ImageSet; a class, not a closure, so DataLoader workers can pickle it."""
+
+    def __init__(self, paths: list[str], size: int, channels: int):
+        self.paths, self.size, self.channels = paths, size, channels
+        self._warned: set[int] = set()
+
+    def __call__(self, i: int) -> torch.Tensor:
+        image, reason = _decode_file(self.paths[i], self.size)
+        if image is None:
+            # The validation pass is cheap, so some damage (e.g. a truncated JPEG: verify() does not
+            # decode JPEG data) shows up only now; a black image keeps a long training run alive.
+            if i not in self._warned:
+                self._warned.add(i)
+                log.warning("cannot decode %s (%s): using a black image", self.paths[i], reason)
+            return torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8)
+        return image.expand(self.channels, -1, -1).contiguous() if image.shape[0] < self.channels else image
+
+
+class _Skip(Exception):
+    """A file that is readable but not usable; the message is the reason."""
+
+
+_OPEN_LOCK = threading.Lock()
+
+
+def _open(path: str) -> Image.Image:
+    if os.path.getsize(path) == 0:
+        raise _Skip("empty file")
+    # catch_warnings changes process-wide state, hence the lock; opening reads only the header.
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS below decides
+        im = Image.open(path)
+    if im.width * im.height > MAX_PIXELS:
+        im.close()
+        raise _Skip(f"too large ({im.width}x{im.height} pixels)")
+    return im
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, _Skip):
+        return str(e)
+    if isinstance(e, Image.DecompressionBombError):
+        return "too large"
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image (unknown format)"
+    text = (str(e).splitlines() or [type(e).__name__])[0]
+    if isinstance(e, EOFError) or "truncated" in text.lower():
+        return "truncated"
+    return f"cannot decode: {text[:80]}"
+
+
+def _is_gray(mode: str) -> bool:
+    return mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
+
+
+def _check_file(path: str) -> tuple[bool | None, str]:
+    """(is_gray, "") for a file that passes the cheap checks (header, size, verify()), else (None, reason)."""
+    try:
+        with _open(path) as im:
+            gray = _is_gray(im.mode)
+            im.verify()
+        return gray, ""
+    except Exception as e:  # any failure only skips this file
+        return None, _reason(e)
+
+
+def _decode_file(path: str, size: int) -> tuple[torch.Tensor | None, str]:
+    """uint8 (1 or 3, size, size), upright, shorter side resized to size and centre-cropped."""
+    try:
+        with _open(path) as im:
+            im.draft(None, (size, size))  # JPEG: decode at 1/2..1/8 scale, no smaller than size
+            im = _to_8bit(ImageOps.exif_transpose(im))
+        w, h = im.size
+        side = min(w, h)
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        im = im.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+        a = np.array(im, dtype=np.uint8)  # a writable copy for torch
+    except Exception as e:  # any failure only skips this file
+        return None, _reason(e)
+    return torch.from_numpy(np.ascontiguousarray(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))), ""
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """'L' for gray sources, 'RGB' otherwise; transparency composited on white."""
+    if im.mode == "1":
+        return im.convert("L")
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float32))
+        lo, hi = float(a.min()), float(a.max())
+        if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
+            a = a / 257  # 16-bit range onto 8 bits: 65535 -> 255, not clipped
+        elif im.mode == "F" and lo >= 0 and hi <= 1:
+            a = a * 255
+        else:
+            a = (a - lo) * (255 / (hi - lo)) if hi > lo else a * 0
+        return Image.fromarray(np.rint(a).astype(np.uint8))
+    if im.mode in ("LA", "La", "P", "PA", "RGBA", "RGBa") or "transparency" in im.info:
+        gray = im.mode in ("L", "LA", "La")
+        flat = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        flat.alpha_composite(im.convert("RGBA"))
+        return flat.convert("L" if gray else "RGB")
+    return im if im.mode in ("L", "RGB") else im.convert("RGB")  # CMYK, YCbCr, LAB, ...
