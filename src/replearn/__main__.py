@@ -1,0 +1,5 @@
+import sys
+
+from replearn.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,114 @@
+"""The evaluation protocol of the benchmark: frozen features -> kNN, linear probe, few-label probes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from replearn.config import EvaluateConfig, make_config, to_dict
+from replearn.errors import ReplearnError
+from replearn.evaluate.features import extract_features, raw_pixels
+from replearn.evaluate.fewlabel import few_label_accuracy
+from replearn.evaluate.knn import knn_accuracy
+from replearn.evaluate.linear import linear_probe_accuracy
+from replearn.fileio import atomic_write_text
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _features(run: str | None, cfg: EvaluateConfig, train, test) -> tuple[torch.Tensor, torch.Tensor, str]:
+    if cfg.baseline == "raw":
+        return raw_pixels(train), raw_pixels(test), "raw pixels"
+    if cfg.baseline == "random":
+        from lightning.fabric.utilities.seed import seed_everything
+
+        from replearn.nn import build_backbone
+
+        seed_everything(0, verbose=False)
+        enc = build_backbone(cfg.backbone, train.channels, train.size, cfg.width).to(_device())
+        name = f"random-init {cfg.backbone}"
+    else:
+        from replearn.nn import load_encoder
+
+        enc, spec = load_encoder(run, map_location=_device())
+        if spec["channels"] != train.channels or spec["image_size"] != train.size:
+            raise ReplearnError(
+                f"the encoder expects {spec['channels']}-channel {spec['image_size']}px images, "
+                f"the data has {train.channels}-channel {train.size}px",
+                "evaluate on data like the pretraining data (or pass --image-size when loading a folder)",
+            )
+        # evaluate with the pretraining data's normalisation, not the evaluation set's own
+        train.mean = test.mean = tuple(spec["mean"])
+        train.std = test.std = tuple(spec["std"])
+        name = f"{spec['method']} {spec['backbone']} ({run})"
+    return extract_features(enc, train, cfg.batch_size), extract_features(enc, test, cfg.batch_size), name
+
+
+def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, verbose: bool = True, **overrides) -> dict:
+    """Evaluate a run's frozen encoder (or a baseline) and write ``eval.json``; returns the results.
+
+    ``replearn.evaluate("runs/simclr", data="fashion-mnist")``, or
+    ``replearn.evaluate(baseline="raw", out="runs/raw")``. Accuracies are test top-1 in percent.
+    """
+    from replearn.data import load_data
+
+    cfg = make_config(EvaluateConfig, None, {**to_dict(config or EvaluateConfig()), **overrides})
+    if cfg.baseline is None and run is None:
+        raise ReplearnError("nothing to evaluate", "give a run folder, or --baseline raw|random")
+    out = Path(cfg.out) if cfg.out else (Path(run) if run else None)
+    if out is None:
+        raise ReplearnError("a baseline needs --out", "e.g. --out runs/raw")
+    t0 = time.perf_counter()
+    image_size = None
+    if run and cfg.baseline is None:
+        from replearn.nn import load_encoder
+
+        image_size = load_encoder(run)[1]["image_size"]
+    train = load_data(cfg.data, "train", image_size=image_size, labels_csv=cfg.labels_csv)
+    test = load_data(cfg.data, "test", image_size=image_size, labels_csv=cfg.labels_csv)
+    if cfg.limit:
+        train = train.subset(torch.arange(min(cfg.limit, len(train))))
+    if not train.has_labels or not test.has_labels:
+        raise ReplearnError(f"{cfg.data} has no labels to evaluate against", "use class sub-folders or --labels-csv")
+    f_train, f_test, name = _features(run, cfg, train, test)
+    y_train, y_test = train.labels, test.labels
+    t_feat = time.perf_counter()
+    result = {
+        "knn": knn_accuracy(f_train, y_train, f_test, y_test, k=cfg.knn_k, temperature=cfg.knn_temperature),
+        "linear": linear_probe_accuracy(f_train, y_train, f_test, y_test),
+        "few_label": {},
+        "data": cfg.data,
+        "encoder": name,
+    }
+    n_classes = int(y_train.max()) + 1
+    for per_class in cfg.few_label:
+        r = few_label_accuracy(f_train, y_train, f_test, y_test, per_class=per_class, seeds=tuple(cfg.seeds))
+        result["few_label"][str(per_class * n_classes)] = {k: r[k] for k in ("mean", "min", "max")}
+    result["seconds"] = {"features": round(t_feat - t0, 1), "total": round(time.perf_counter() - t0, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(result, indent=2) + "\n", out / "eval.json")
+    if verbose:
+        print(format_table([result]))
+        print(f"wrote {out / 'eval.json'}")
+    return result
+
+
+def format_table(results: list[dict]) -> str:
+    """A plain-text table: one row per result, kNN, linear and each few-label mean [min, max]."""
+    sizes = sorted({k for r in results for k in r["few_label"]}, key=int)
+    head = ["encoder", "kNN", "linear"] + [f"{s} labels" for s in sizes]
+    rows = []
+    for r in results:
+        row = [r["encoder"], f"{r['knn']:.1f}", f"{r['linear']:.1f}"]
+        for s in sizes:
+            f = r["few_label"].get(s)
+            row.append(f"{f['mean']:.1f} [{f['min']:.1f}, {f['max']:.1f}]" if f else "-")
+        rows.append(row)
+    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+    line = lambda xs: "  ".join(x.ljust(w) for x, w in zip(xs, widths, strict=True))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])

@@ -1,0 +1,155 @@
+"""The Lightning wrapper around a method: data order, views on the device, optimiser, schedule."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from replearn.data.imageset import ImageSet
+from replearn.methods.base import Method
+from replearn.views import ViewRecipe
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class IndexedImages(Dataset):
+    """Yields whole batches (uint8 images, labels, indices): ``__getitems__`` slices the in-memory
+    tensor once per batch instead of collating N single images."""
+
+    def __init__(self, data: ImageSet):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx: list[int]):
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return self.data.batch(t), self.data.labels[t], t
+
+
+def _passthrough(batch):
+    return batch
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch, split across processes: the order depends only on
+    (seed, epoch), so a resumed run sees the same batches as an uninterrupted one."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.rank, self.world, self.epoch = n, seed, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        per_rank = self.n // self.world
+        return iter(perm[self.rank * per_rank : (self.rank + 1) * per_rank].tolist())
+
+    def __len__(self) -> int:
+        return self.n // self.world
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """Augmentation randomness is a function of (seed, step, rank) alone, so resume is exact."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class PretrainModule(pl.LightningModule):
+    def __init__(
+        self,
+        method: Method,
+        recipe: ViewRecipe,
+        data: ImageSet,
+        image_size: int,
+        batch_size: int,
+        seed: int,
+        optimizer: str,
+        lr: float,
+        weight_decay: float,
+        warmup_epochs: float,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.method, self.recipe, self.data = method, recipe, data
+        self.image_size, self.batch_size, self.seed = image_size, batch_size, seed
+        self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        self.warmup_epochs, self.num_workers = warmup_epochs, num_workers
+        self.last_features: torch.Tensor | None = None
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = EpochSampler(len(self.data), self.seed, self.global_rank, self.trainer.world_size)
+        if len(sampler) < self.batch_size:
+            from replearn.errors import ReplearnError
+
+            raise ReplearnError(
+                f"{len(sampler)} images per process is fewer than one batch of {self.batch_size}",
+                "lower --batch-size",
+            )
+        return DataLoader(
+            IndexedImages(self.data),
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            collate_fn=_passthrough,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def training_step(self, batch, batch_idx):
+        images, _, index = batch
+        g = step_generator(self.seed, self.global_step, self.global_rank, images.device)
+        views = [
+            self.recipe(images, self.image_size, self.data.mean, self.data.std, g) for _ in range(self.method.n_views)
+        ]
+        if images.is_cuda:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        loss, logs = self.method.training_step(views, index)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"the loss became {loss.item()} at step {self.global_step}")
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(index))
+        feats = logs.get("features")
+        if feats is not None:
+            # collapse monitor: per-dimension std of normalised features, x sqrt(D) so ~1 when spread
+            z = F.normalize(feats.float(), dim=1)
+            spread = z.std(0).mean() * math.sqrt(z.shape[1])
+            self.log("feature_spread", spread, on_step=False, on_epoch=True, batch_size=len(index))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.method.after_step()
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.method.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on BN and biases
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        lr = self.lr * self.batch_size * self.trainer.world_size / 256
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
+        else:
+            opt = torch.optim.AdamW(groups, lr=lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        warmup = max(1, int(self.warmup_epochs * steps_per_epoch))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,199 @@
+"""``pretrain``: one call from a config to a run folder holding checkpoints, encoder and metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import warnings
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from replearn import __version__
+from replearn.config import PretrainConfig, make_config, save_config, to_dict
+from replearn.errors import ReplearnError
+from replearn.fileio import atomic_write_text
+
+log = logging.getLogger("replearn")
+
+
+def git_commit() -> str | None:
+    """The commit of the replearn source tree, when it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16 autocast where the hardware has bf16 matrix units (CUDA bf16, CPU AMX), else fp32."""
+    if precision == "32":
+        return "32-true"
+    if precision in ("bf16", "16"):
+        return f"{precision}-mixed"
+    use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if use_cuda:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return "bf16-mixed" if "amx_bf16" in flags else "32-true"
+
+
+def write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
+    if not skipped:
+        return
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "reason"])
+    w.writerows(skipped)
+    atomic_write_text(buf.getvalue(), out / "skipped.csv")
+
+
+def _merge_metrics(out: Path) -> None:
+    """Lightning's CSV logger starts metrics.csv afresh; put the rows of earlier sessions back first."""
+    prev, cur = out / "metrics.prev.csv", out / "metrics.csv"
+    if not prev.exists():
+        return
+    rows = [*csv.DictReader(prev.open())] + ([*csv.DictReader(cur.open())] if cur.exists() else [])
+    keys = sorted({k for r in rows for k in r})
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(buf.getvalue(), cur)
+    prev.unlink()
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _resolve(config: PretrainConfig | None, resume: bool, overrides: dict) -> PretrainConfig:
+    if resume:
+        out = Path(overrides.get("out") or (config.out if config else PretrainConfig.out))
+        saved = out / "config.yaml"
+        if not (out / "last.ckpt").exists() or not saved.exists():
+            raise ReplearnError(f"nothing to resume in {out}: no last.ckpt", "check --out, or start without --resume")
+        base = make_config(PretrainConfig, saved)
+        changed = {k: v for k, v in (to_dict(config) if config else {}).items() if v != getattr(PretrainConfig(), k)}
+        return replace(base, **changed, **{k.replace("-", "_"): v for k, v in overrides.items()})
+    cfg = config or PretrainConfig()
+    return make_config(PretrainConfig, None, {**to_dict(cfg), **overrides})
+
+
+def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, callbacks=(), **overrides) -> Path:
+    """Pretrain an encoder without labels; returns the run folder.
+
+    ``replearn.pretrain(data="fashion-mnist", method="simclr", epochs=3, out="runs/simclr")``.
+    With ``resume=True`` the run in ``out`` continues from ``last.ckpt`` with its saved config
+    (options given here, such as a larger ``epochs``, override it).
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from replearn.data import load_data
+    from replearn.methods import METHODS, MethodOptions
+    from replearn.nn import build_backbone
+    from replearn.train.callbacks import AtomicCheckpointIO, Collapsed, CollapseGuard, EncoderExport, KNNMonitor
+    from replearn.train.module import NonFiniteLoss, PretrainModule
+    from replearn.views import recipe
+
+    cfg = _resolve(config, resume, overrides)
+    out = Path(cfg.out)
+    if not resume and (out / "last.ckpt").exists():
+        raise ReplearnError(
+            f"{out} already holds a run", f"continue it with --resume, or choose another --out than {out}"
+        )
+    method_cls = METHODS.get(cfg.method)
+    rec = recipe(cfg.views or method_cls.views, crop_scale=(cfg.crop_min_scale, 1.0) if cfg.crop_min_scale else None)
+
+    data = load_data(cfg.data, "train", image_size=cfg.image_size, labels_csv=cfg.labels_csv)
+    if cfg.limit:
+        data = data.subset(torch.arange(min(cfg.limit, len(data))))
+    size = cfg.image_size or data.size
+    out.mkdir(parents=True, exist_ok=True)
+    write_skipped(out, data.skipped)
+    if data.skipped:
+        print(f"skipped {len(data.skipped)} unreadable image(s); the list is in {out / 'skipped.csv'}")
+    save_config(cfg, out / "config.yaml")
+    meta = {
+        "replearn_version": __version__,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "images": len(data),
+        "skipped": len(data.skipped),
+        "resumed": resume,
+    }
+    atomic_write_text(json.dumps(meta, indent=2) + "\n", out / "meta.json")
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    backbone = build_backbone(cfg.backbone, data.channels, size, cfg.width, cfg.small_stem)
+    method = method_cls(
+        backbone, MethodOptions(temperature=cfg.temperature, proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim)
+    )
+    module = PretrainModule(
+        method, rec, data, size, cfg.batch_size, cfg.seed, cfg.optimizer, cfg.lr, cfg.weight_decay,
+        cfg.warmup_epochs, cfg.num_workers,
+    )
+    spec = {
+        "backbone": cfg.backbone, "width": cfg.width, "small_stem": cfg.small_stem, "channels": data.channels,
+        "image_size": size, "mean": list(data.mean), "std": list(data.std), "method": cfg.method,
+        "data": cfg.data, "out_dim": int(backbone.out_dim), "replearn_version": __version__,
+    }
+    cbs = [EncoderExport(out, spec), CollapseGuard(cfg.collapse_threshold)]
+    if cfg.knn_monitor and data.has_labels:
+        cbs.insert(0, KNNMonitor(data, seed=cfg.seed))
+    # one file, overwritten (atomically) at each epoch end
+    ckpt = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False)
+    devices = cfg.devices if cfg.devices == "auto" else int(cfg.devices)
+    if (out / "metrics.csv").exists() and not (out / "metrics.prev.csv").exists():
+        os.replace(out / "metrics.csv", out / "metrics.prev.csv")
+    steps_per_epoch = max(1, len(data) // cfg.batch_size)
+    _quiet_lightning()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|GPU available|LeafSpec|Experiment logs directory|smaller than the logging interval|Checkpoint directory .* exists and is not empty).*")
+        trainer = pl.Trainer(
+            max_epochs=cfg.epochs,
+            accelerator=cfg.accelerator,
+            devices=devices,
+            num_nodes=cfg.num_nodes,
+            precision=resolve_precision(cfg.precision, cfg.accelerator),
+            logger=CSVLogger(save_dir=str(out), name="", version=""),
+            callbacks=[*cbs, *callbacks, ckpt],
+            plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,
+            log_every_n_steps=min(10, steps_per_epoch),
+            num_sanity_val_steps=0,
+            enable_model_summary=False,
+            default_root_dir=str(out),
+        )
+        try:
+            trainer.fit(module, ckpt_path=str(out / "last.ckpt") if resume else None)
+        except SystemExit:
+            if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1) after a graceful shutdown
+                raise KeyboardInterrupt from None
+            raise
+        except (NonFiniteLoss, Collapsed) as e:
+            kept = out / "last.ckpt"
+            where = f"the last good checkpoint is {kept}" if kept.exists() else "no epoch had finished, so no checkpoint"
+            raise ReplearnError(f"{e}; {where}", "lower --lr, raise --temperature or --batch-size, then retry") from None
+        finally:
+            _merge_metrics(out)
+    return out

@@ -1,0 +1,92 @@
+"""The command line: one-line errors for a user's mistakes, and the whole path on real files."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from imagefactory import make_bad_image_folder
+from replearn.cli.main import main
+from replearn.config import PretrainConfig, make_config
+from replearn.errors import ReplearnError
+
+
+def _cli(*args, cwd=None):
+    p = subprocess.run([sys.executable, "-m", "replearn", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return p.returncode, p.stdout, p.stderr
+
+
+def _one_line_error(code, err):
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_config_typo_names_the_right_key(capsys):
+    with pytest.raises(ReplearnError, match="unknown option 'batchsize'.*") as e:
+        make_config(PretrainConfig, None, {"batchsize": 3})
+    assert "did you mean 'batch-size'" in str(e.value)
+    code = main(["pretrain", "--temprature", "0.5", "--out", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown option '--temprature'" in err and "did you mean 'temperature'" in err
+
+
+def test_yaml_typo_and_wrong_type(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochz: 3\n")
+    assert main(["pretrain", "--config", str(cfg)]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+    cfg.write_text("epochs: three\n")
+    assert main(["pretrain", "--config", str(cfg)]) == 2
+    assert "epochs must be a whole number, not 'three'" in capsys.readouterr().err
+    assert main(["pretrain", "--optimizer", "adam"]) == 2
+    assert "optimizer must be one of adamw, sgd" in capsys.readouterr().err
+
+
+def test_wrong_path_and_empty_folder_give_one_line_errors(tmp_path):
+    line = _one_line_error(*_cli("pretrain", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"))[::2])
+    assert "nope" in line and "hint:" in line
+    (tmp_path / "empty").mkdir()
+    line = _one_line_error(*_cli("pretrain", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"))[::2])
+    assert "no images" in line
+    line = _one_line_error(*_cli("pretrain", "--method", "simclrr")[::2])
+    assert "did you mean 'simclr'" in line
+    line = _one_line_error(*_cli("evaluate", str(tmp_path / "nothing"))[::2])
+    assert "no encoder" in line
+
+
+def test_help_shows_an_example():
+    code, out, _ = _cli("pretrain", "--help")
+    assert code == 0 and "example:" in out and "--batch-size" in out
+
+
+@pytest.mark.slow
+def test_bad_image_folder_end_to_end(tmp_path):
+    """pretrain -> evaluate -> embed on a folder holding every kind of bad image."""
+    folder = tmp_path / "images"
+    expected = make_bad_image_folder(folder)
+    run = tmp_path / "run"
+    code, out, err = _cli("pretrain", "--data", str(folder), "--out", str(run), "--epochs", "1", "--batch-size", "4",
+                          "--width", "4", "--image-size", "16", "--precision", "32")
+    assert code == 0, err
+    n_bad = len(expected["bad"])
+    assert f"skipped {n_bad} unreadable image(s)" in out
+    rows = list(csv.DictReader(open(run / "skipped.csv")))
+    assert sorted(r["path"] for r in rows) == sorted(expected["bad"])
+    for r in rows:
+        assert expected["bad"][r["path"]] in r["reason"]
+    assert json.loads((run / "meta.json").read_text())["images"] == len(expected["good"])
+    for suffix in ("npz", "parquet"):
+        emb = tmp_path / f"emb.{suffix}"
+        code, out, err = _cli("embed", str(run), "--data", str(folder), "--out", str(emb))
+        assert code == 0, err
+        from replearn.embed.export import read_embeddings
+
+        e, ids, labels = read_embeddings(emb)
+        assert sorted(ids) == sorted(expected["good"]) and e.shape == (len(ids), 16) and e.dtype == np.float32
+        assert (labels == -1).all()  # an unlabelled folder

@@ -1,0 +1,124 @@
+"""Pretraining: every method trains, resume equals an uninterrupted run, bad runs stop safely."""
+
+import csv
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+
+from replearn.data import load_data
+from replearn.errors import ReplearnError
+from replearn.methods import METHODS, MethodOptions
+from replearn.methods.base import Method
+from replearn.nn import build_backbone, load_encoder
+from replearn.train.run import pretrain
+from replearn.views import recipe
+
+TINY = dict(data="digits", backbone="convnet", width=8, batch_size=64, limit=256, knn_monitor=False, precision="32")
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_trains_two_steps(name):
+    torch.manual_seed(0)
+    data = load_data("digits", "train")
+    backbone = build_backbone("convnet", 1, data.size, width=8)
+    method = METHODS.get(name)(backbone, MethodOptions())
+    opt = torch.optim.SGD(method.parameters(), lr=0.1)
+    rec = recipe(method.views)
+    images, index = data.images[:32], torch.arange(32)
+    before = [p.detach().clone() for p in method.parameters()]
+    for step in range(2):
+        g = torch.Generator().manual_seed(step)
+        views = [rec(images, data.size, data.mean, data.std, g) for _ in range(method.n_views)]
+        loss, logs = method.training_step(views, index)
+        assert math.isfinite(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        for pname, p in method.named_parameters():
+            if p.requires_grad:
+                assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: {pname} gets no gradient"
+        opt.step()
+        method.after_step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.parameters(), strict=True))
+    feats = torch.nn.functional.normalize(logs["features"], dim=1)
+    assert feats.std(0).mean() > 1e-3  # the batch did not collapse to one point
+
+
+class _StopAfterFirstEpoch(pl.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def _weights(run):
+    return torch.load(run / "last.ckpt", weights_only=False)["state_dict"]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    straight = pretrain(out=str(tmp_path / "straight"), epochs=2, **TINY)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(out=str(tmp_path / "cut"), epochs=2, callbacks=[_StopAfterFirstEpoch()], **TINY)
+    assert torch.load(tmp_path / "cut" / "last.ckpt", weights_only=False)["epoch"] == 0
+    resumed = pretrain(out=str(tmp_path / "cut"), resume=True)
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+    # the metrics of the first epoch survive the resume
+    rows = list(csv.DictReader(open(resumed / "metrics.csv")))
+    assert {r["epoch"] for r in rows if r.get("loss_epoch")} == {"0", "1"}
+
+
+def test_run_folder_contents(tmp_path):
+    run = pretrain(out=str(tmp_path / "run"), epochs=1, **{**TINY, "knn_monitor": True})
+    for name in ("config.yaml", "metrics.csv", "last.ckpt", "encoder.pt", "meta.json"):
+        assert (run / name).is_file(), name
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["epochs"] == 1 and cfg["data"] == "digits"
+    enc, spec = load_encoder(run)
+    assert spec["image_size"] == 8 and spec["channels"] == 1
+    raw = torch.load(run / "encoder.pt", weights_only=True)  # plain tensors and types only
+    assert raw["format"] == "replearn-encoder/1"
+    x = torch.zeros(2, 1, 8, 8)
+    assert enc(x).shape == (2, enc.out_dim)
+    header = open(run / "metrics.csv").readline()
+    assert "knn_monitor" in header and "loss_epoch" in header
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    pretrain(out=str(tmp_path / "run"), epochs=1, **TINY)
+    with pytest.raises(ReplearnError, match="already holds a run"):
+        pretrain(out=str(tmp_path / "run"), epochs=1, **TINY)
+
+
+class _NaNAtStep(Method):
+    def __init__(self, backbone, opts):
+        super().__init__(backbone, opts)
+        self.calls = 0
+
+    def training_step(self, views, index):
+        self.calls += 1
+        loss = self.backbone(views[0]).mean()
+        return (loss * float("nan") if self.calls > 4 else loss), {}
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS._items, "nan-test", _NaNAtStep)
+    with pytest.raises(ReplearnError, match="became nan at step 4.*last good checkpoint"):
+        pretrain(out=str(tmp_path / "run"), epochs=3, method="nan-test", **TINY)
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)["epoch"] == 0  # epoch 0 was good
+
+
+class _Collapsing(Method):
+    def training_step(self, views, index):
+        h = self.backbone(views[0])
+        return h.mean(), {"features": torch.ones_like(h)}  # every item the same point
+
+
+def test_collapse_stops_the_run_before_its_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS._items, "collapse-test", _Collapsing)
+    with pytest.raises(ReplearnError, match="collapsed in epoch 0.*no checkpoint"):
+        pretrain(out=str(tmp_path / "run"), epochs=2, method="collapse-test", **TINY)
+    assert not (tmp_path / "run" / "last.ckpt").exists()
