@@ -88,5 +88,5 @@ def test_bad_image_folder_end_to_end(tmp_path):
         from replearn.embed.export import read_embeddings
 
         e, ids, labels = read_embeddings(emb)
-        assert sorted(ids) == sorted(expected["good"]) and e.shape == (len(ids), 16) and e.dtype == np.float32
+        assert sorted(ids) == sorted(expected["good"]) and e.shape == (len(ids), 8 * 4) and e.dtype == np.float32
         assert (labels == -1).all()  # an unlabelled folder

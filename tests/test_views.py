@@ -6,8 +6,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from replearn.views import eval_view, recipe
-from replearn.views import ops
+from replearn.views import eval_view, ops, recipe
 
 
 def _gen(seed=0):

@@ -13,7 +13,7 @@ from replearn.errors import ReplearnError
 from replearn.evaluate.features import extract_features, raw_pixels
 from replearn.evaluate.fewlabel import few_label_accuracy
 from replearn.evaluate.knn import knn_accuracy
-from replearn.evaluate.linear import linear_probe_accuracy
+from replearn.evaluate.linear import linear_probe
 from replearn.fileio import atomic_write_text
 
 
@@ -78,12 +78,14 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     f_train, f_test, name = _features(run, cfg, train, test)
     y_train, y_test = train.labels, test.labels
     t_feat = time.perf_counter()
+    linear, linear_C = linear_probe(f_train, y_train, f_test, y_test)  # C chosen on a train hold-out
     result = {
         "knn": knn_accuracy(f_train, y_train, f_test, y_test, k=cfg.knn_k, temperature=cfg.knn_temperature),
-        "linear": linear_probe_accuracy(f_train, y_train, f_test, y_test),
+        "linear": linear,
         "few_label": {},
         "data": cfg.data,
         "encoder": name,
+        "linear_C": linear_C,
     }
     n_classes = int(y_train.max()) + 1
     for per_class in cfg.few_label:
