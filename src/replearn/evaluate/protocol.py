@@ -75,13 +75,19 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
         train = train.subset(torch.arange(min(cfg.limit, len(train))))
     if not train.has_labels or not test.has_labels:
         raise ReplearnError(f"{cfg.data} has no labels to evaluate against", "use class sub-folders or --labels-csv")
+    say = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)  # noqa: E731
+    say(f"evaluating on {cfg.data}: features of {len(train)} train and {len(test)} test images ...")
     f_train, f_test, name = _features(run, cfg, train, test)
     y_train, y_test = train.labels, test.labels
     t_feat = time.perf_counter()
-    linear, linear_C = linear_probe(f_train, y_train, f_test, y_test)  # C chosen on a train hold-out
+    say(f"kNN (k={cfg.knn_k}) ...")
+    knn = knn_accuracy(f_train, y_train, f_test, y_test, k=cfg.knn_k, temperature=cfg.knn_temperature)
+    say("linear probe (C chosen on a 10% train hold-out) ...")
+    linear, linear_C = linear_probe(f_train, y_train, f_test, y_test)
+    say(f"few-label probes ({', '.join(str(n) for n in cfg.few_label)} per class, seeds {cfg.seeds}) ...")
     result = {
-        "knn": knn_accuracy(f_train, y_train, f_test, y_test, k=cfg.knn_k, temperature=cfg.knn_temperature),
-        "linear": linear,
+        "knn": round(knn, 2),
+        "linear": round(linear, 2),
         "few_label": {},
         "data": cfg.data,
         "encoder": name,
@@ -90,7 +96,7 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     n_classes = int(y_train.max()) + 1
     for per_class in cfg.few_label:
         r = few_label_accuracy(f_train, y_train, f_test, y_test, per_class=per_class, seeds=tuple(cfg.seeds))
-        result["few_label"][str(per_class * n_classes)] = {k: r[k] for k in ("mean", "min", "max")}
+        result["few_label"][str(per_class * n_classes)] = {k: round(r[k], 2) for k in ("mean", "min", "max")}
     result["seconds"] = {"features": round(t_feat - t0, 1), "total": round(time.perf_counter() - t0, 1)}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=2) + "\n", out / "eval.json")
