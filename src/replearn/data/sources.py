@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import urllib.request
 import warnings
@@ -29,6 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from replearn.data.imageset import ImageSet
 from replearn.errors import ReplearnError
+from replearn.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -197,26 +197,11 @@ def _download(names: list[str], folder: Path) -> dict[str, Path]:
                 hint="the download was damaged or the file changed upstream: retry, or " + _FASHION_HINT,
             )
         try:
-            files[name] = _write_atomic(folder / f"{name}.gz", data)
+            atomic_write_bytes(data, folder / f"{name}.gz")
+            files[name] = folder / f"{name}.gz"
         except OSError as e:
             raise ReplearnError(f"cannot write to {folder}: {e}", hint="pass a writable cache_dir") from e
     return files
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    """Temp file + rename, so an interrupted download never leaves a half file that looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _read_idx(path: Path) -> np.ndarray:
