@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import typing
 
@@ -27,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _help_for(name: str, tp, default) -> str:
-    doc = "" if default is None or isinstance(default, dataclasses._MISSING_TYPE) else f"(default: {default})"
+    doc = "" if default is None else f"(default: {default})"
     choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else ()
     return f"{'/'.join(map(str, choices))} {doc}".strip()
 

@@ -21,7 +21,7 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _features(run: str | None, cfg: EvaluateConfig, train, test) -> tuple[torch.Tensor, torch.Tensor, str]:
+def _features(run: str | None, encoder, cfg: EvaluateConfig, train, test) -> tuple[torch.Tensor, torch.Tensor, str]:
     if cfg.baseline == "raw":
         return raw_pixels(train), raw_pixels(test), "raw pixels"
     if cfg.baseline == "random":
@@ -33,9 +33,8 @@ def _features(run: str | None, cfg: EvaluateConfig, train, test) -> tuple[torch.
         enc = build_backbone(cfg.backbone, train.channels, train.size, cfg.width).to(_device())
         name = f"random-init {cfg.backbone}"
     else:
-        from replearn.nn import load_encoder
-
-        enc, spec = load_encoder(run, map_location=_device())
+        enc, spec = encoder
+        enc = enc.to(_device())
         if spec["channels"] != train.channels or spec["image_size"] != train.size:
             raise ReplearnError(
                 f"the encoder expects {spec['channels']}-channel {spec['image_size']}px images, "
@@ -64,11 +63,12 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     if out is None:
         raise ReplearnError("a baseline needs --out", "e.g. --out runs/raw")
     t0 = time.perf_counter()
-    image_size = None
+    encoder, image_size = None, None
     if run and cfg.baseline is None:
         from replearn.nn import load_encoder
 
-        image_size = load_encoder(run)[1]["image_size"]
+        encoder = load_encoder(run)  # (module, spec): the data is loaded at the encoder's image size
+        image_size = encoder[1]["image_size"]
     train = load_data(cfg.data, "train", image_size=image_size, labels_csv=cfg.labels_csv)
     test = load_data(cfg.data, "test", image_size=image_size, labels_csv=cfg.labels_csv)
     if cfg.limit:
@@ -77,7 +77,7 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
         raise ReplearnError(f"{cfg.data} has no labels to evaluate against", "use class sub-folders or --labels-csv")
     say = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)  # noqa: E731
     say(f"evaluating on {cfg.data}: features of {len(train)} train and {len(test)} test images ...")
-    f_train, f_test, name = _features(run, cfg, train, test)
+    f_train, f_test, name = _features(run, encoder, cfg, train, test)
     y_train, y_test = train.labels, test.labels
     t_feat = time.perf_counter()
     say(f"kNN (k={cfg.knn_k}) ...")
