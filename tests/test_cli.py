@@ -90,3 +90,22 @@ def test_bad_image_folder_end_to_end(tmp_path):
         e, ids, labels = read_embeddings(emb)
         assert sorted(ids) == sorted(expected["good"]) and e.shape == (len(ids), 8 * 4) and e.dtype == np.float32
         assert (labels == -1).all()  # an unlabelled folder
+
+
+def test_methods_and_results_commands(tmp_path, capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "simclr" in out and "convnet" in out and "fashion-mnist" in out and "simclr-small" in out
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run, knn in ((a, 81.25), (b, 78.5)):
+        run.mkdir()
+        (run / "eval.json").write_text(json.dumps(
+            {"knn": knn, "linear": 88.0, "few_label": {"40": {"mean": 60.0, "min": 55.0, "max": 65.0}},
+             "encoder": run.name}))
+    assert main(["results", str(a), str(b)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split()[:3] == ["encoder", "kNN", "linear"]
+    assert rows[2].split()[:3] == ["a", "81.2", "88.0"] and rows[3].split()[:2] == ["b", "78.5"]
+    assert "60.0 [55.0, 65.0]" in rows[2]
+    assert main(["results", str(tmp_path / "missing")]) == 2
+    assert "no eval.json" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Pretraining: every method trains, resume equals an uninterrupted run, bad runs stop safely."""
 
 import csv
+import json
 import math
 
 import lightning.pytorch as pl
@@ -61,7 +62,10 @@ def test_resume_equals_uninterrupted(tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         pretrain(out=str(tmp_path / "cut"), epochs=2, callbacks=[_StopAfterFirstEpoch()], **TINY)
     assert torch.load(tmp_path / "cut" / "last.ckpt", weights_only=False)["epoch"] == 0
+    started = json.loads((tmp_path / "cut" / "meta.json").read_text())["started"]
     resumed = pretrain(out=str(tmp_path / "cut"), resume=True)
+    meta = json.loads((resumed / "meta.json").read_text())
+    assert meta["started"] == started and len(meta["resumed_at"]) == 1  # the run's history is kept
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
     for k in a:
@@ -122,3 +126,16 @@ def test_collapse_stops_the_run_before_its_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(ReplearnError, match="collapsed in epoch 0.*no checkpoint"):
         pretrain(out=str(tmp_path / "run"), epochs=2, method="collapse-test", **TINY)
     assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_cli_resume_takes_a_longer_epochs_from_the_command_line(tmp_path):
+    from replearn.cli.main import main
+
+    out = str(tmp_path / "run")
+    args = ["--data", "digits", "--width", "8", "--batch-size", "64", "--limit", "256", "--knn-monitor", "false",
+            "--precision", "32"]
+    assert main(["pretrain", *args, "--epochs", "1", "--out", out]) == 0
+    assert main(["pretrain", "--out", out, "--resume", "--epochs", "2"]) == 0  # "2" arrives as a string
+    assert yaml.safe_load(open(f"{out}/config.yaml"))["epochs"] == 2
+    assert torch.load(f"{out}/last.ckpt", weights_only=False)["epoch"] == 1
+    assert main(["pretrain", "--out", out, "--resume", "--epochs", "two"]) == 2  # checked like any option

@@ -92,7 +92,6 @@ class PretrainModule(pl.LightningModule):
         self.image_size, self.batch_size, self.seed = image_size, batch_size, seed
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_epochs, self.num_workers = warmup_epochs, num_workers
-        self.last_features: torch.Tensor | None = None
 
     def on_fit_start(self) -> None:
         self.method.to(memory_format=torch.channels_last)

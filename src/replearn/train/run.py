@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
 import subprocess
+import sys
 import warnings
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,8 +19,6 @@ from replearn import __version__
 from replearn.config import PretrainConfig, make_config, save_config, to_dict
 from replearn.errors import ReplearnError
 from replearn.fileio import atomic_write_text
-
-log = logging.getLogger("replearn")
 
 
 def git_commit() -> str | None:
@@ -50,16 +49,17 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "32-true"
 
 
-def write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
-    if not skipped:
-        return
-    import io
-
+def _write_csv(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "reason"])
-    w.writerows(skipped)
-    atomic_write_text(buf.getvalue(), out / "skipped.csv")
+    w = csv.DictWriter(buf, fieldnames=fieldnames)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(buf.getvalue(), path)
+
+
+def write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        _write_csv(out / "skipped.csv", ["path", "reason"], [{"path": p, "reason": r} for p, r in skipped])
 
 
 def _merge_metrics(out: Path) -> None:
@@ -68,14 +68,7 @@ def _merge_metrics(out: Path) -> None:
     if not prev.exists():
         return
     rows = [*csv.DictReader(prev.open())] + ([*csv.DictReader(cur.open())] if cur.exists() else [])
-    keys = sorted({k for r in rows for k in r})
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(buf.getvalue(), cur)
+    _write_csv(cur, sorted({k for r in rows for k in r}), rows)
     prev.unlink()
 
 
@@ -90,9 +83,10 @@ def _resolve(config: PretrainConfig | None, resume: bool, overrides: dict) -> Pr
         saved = out / "config.yaml"
         if not (out / "last.ckpt").exists() or not saved.exists():
             raise ReplearnError(f"nothing to resume in {out}: no last.ckpt", "check --out, or start without --resume")
-        base = make_config(PretrainConfig, saved)
+        # the saved config, then what this call changes (a config's non-defaults, then overrides),
+        # all through make_config so a command-line string such as "20" is checked and converted
         changed = {k: v for k, v in (to_dict(config) if config else {}).items() if v != getattr(PretrainConfig(), k)}
-        return replace(base, **changed, **{k.replace("-", "_"): v for k, v in overrides.items()})
+        return make_config(PretrainConfig, saved, {**changed, **overrides})
     cfg = config or PretrainConfig()
     return make_config(PretrainConfig, None, {**to_dict(cfg), **overrides})
 
@@ -105,7 +99,7 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
     (options given here, such as a larger ``epochs``, override it).
     """
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
     from replearn.data import load_data
@@ -139,16 +133,19 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
     if data.skipped:
         print(f"skipped {len(data.skipped)} unreadable image(s); the list is in {out / 'skipped.csv'}")
     save_config(cfg, out / "config.yaml")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    meta_path = out / "meta.json"
+    first = json.loads(meta_path.read_text()) if resume and meta_path.exists() else {}
     meta = {
         "replearn_version": __version__,
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started": first.get("started", now),
+        "resumed_at": [*first.get("resumed_at", []), *([now] if resume else [])],
         "images": len(data),
         "skipped": len(data.skipped),
-        "resumed": resume,
     }
-    atomic_write_text(json.dumps(meta, indent=2) + "\n", out / "meta.json")
+    atomic_write_text(json.dumps(meta, indent=2) + "\n", meta_path)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = build_backbone(cfg.backbone, data.channels, size, cfg.width, cfg.small_stem)
@@ -164,12 +161,9 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
         "image_size": size, "mean": list(data.mean), "std": list(data.std), "method": cfg.method,
         "data": cfg.data, "out_dim": int(backbone.out_dim), "replearn_version": __version__,
     }
-    import sys
-
-    from lightning.pytorch.callbacks import TQDMProgressBar
-
+    steps_per_epoch = max(1, len(data) // cfg.batch_size)
     # a terminal gets a live bar; a log file (CI, nohup) gets about ten lines an epoch
-    refresh = 1 if sys.stdout.isatty() else max(1, len(data) // cfg.batch_size // 10)
+    refresh = 1 if sys.stdout.isatty() else max(1, steps_per_epoch // 10)
     cbs = [EncoderExport(out, spec), CollapseGuard(cfg.collapse_threshold), TQDMProgressBar(refresh_rate=refresh)]
     if cfg.knn_monitor and data.has_labels:
         cbs.insert(0, KNNMonitor(data, seed=cfg.seed))
@@ -178,7 +172,6 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
     devices = cfg.devices if cfg.devices == "auto" else int(cfg.devices)
     if (out / "metrics.csv").exists() and not (out / "metrics.prev.csv").exists():
         os.replace(out / "metrics.csv", out / "metrics.prev.csv")
-    steps_per_epoch = max(1, len(data) // cfg.batch_size)
     _quiet_lightning()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(does not have many workers|GPU available|LeafSpec|Experiment logs directory|smaller than the logging interval|Checkpoint directory .* exists and is not empty).*")
