@@ -43,6 +43,7 @@ def _worker(rank, world, port, out_path):
         dist.all_reduce(loss.detach(), op=dist.ReduceOp.SUM)
         if rank == 0:
             torch.save({"loss": loss.item() / world, "grads": [p.grad for p in model.parameters()]}, out_path)
+        dist.barrier()  # no rank tears gloo down while another still talks to it (it aborts otherwise)
     finally:
         dist.destroy_process_group()
 
