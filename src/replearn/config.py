@@ -25,6 +25,7 @@ class PretrainConfig:
     data: str = "fashion-mnist"  # built-in name, image folder, or .npy/.npz file
     out: str = "runs/pretrain"  # run folder
     method: str = "simclr"
+    method_args: dict[str, Any] = field(default_factory=dict)  # the method's own, e.g. queue_size=4096,momentum=0.99
     backbone: str = "convnet"  # convnet | resnet18 | resnet50 | package.module:function
     width: int = 32  # convnet width
     small_stem: bool = True  # resnets: 3x3 stride-1 stem without max-pool, for small images
@@ -33,7 +34,7 @@ class PretrainConfig:
     crop_min_scale: float | None = None  # override the recipe's smallest crop area fraction
     epochs: int = 10
     batch_size: int = 256
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
     lr: float = 2e-3  # peak learning rate at batch 256 (scaled linearly with batch size)
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
@@ -118,6 +119,15 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(items, list | tuple):
             raise ReplearnError(f"{key} must be a list, not {value!r}", "write e.g. 4,25")
         return [coerce(key, v.strip() if isinstance(v, str) else v, inner) for v in items]
+    if origin is dict or tp is dict:
+        if isinstance(value, str):  # key=value,key=value from the command line
+            pairs = [p for p in value.split(",") if p.strip()]
+            if any("=" not in p for p in pairs):
+                raise ReplearnError(f"{key} must be key=value pairs, not {value!r}", "write e.g. queue_size=4096,momentum=0.99")
+            return {k.strip(): yaml.safe_load(v.strip()) for k, v in (p.split("=", 1) for p in pairs)}
+        if not isinstance(value, dict):
+            raise ReplearnError(f"{key} must be a mapping of key: value, not {value!r}")
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -23,6 +23,8 @@ class Registry(Generic[T]):
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj
+            if isinstance(obj, type):
+                obj.registered_name = name  # type: ignore[attr-defined]
             return obj
 
         return deco

@@ -78,7 +78,14 @@ def _run(argv: list[str]) -> int:
         from replearn.nn import BACKBONES
         from replearn.views import RECIPES
 
-        print(f"methods:     {', '.join(METHODS.names())}")
+        print("methods (replearn pretrain --method NAME):")
+        width = max(map(len, METHODS.names()))
+        for name in METHODS.names():
+            cls = METHODS.get(name)
+            summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"  {name:<{width}}  {summary}")
+            if cls.paper:
+                print(f"  {'':<{width}}  {cls.paper}")
         print(f"backbones:   {', '.join(BACKBONES.names())}, or package.module:function")
         print(f"views:       {', '.join(RECIPES.names())}")
         print(f"data:        {', '.join(data_names())}, an image folder, or a .npy/.npz file")

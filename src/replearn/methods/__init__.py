@@ -1,6 +1,15 @@
-"""Self-supervised methods, one file each, registered by their CLI name."""
+"""Self-supervised methods, one file each, registered by their CLI name.
 
-from replearn.methods import simclr  # noqa: F401  (registers)
+Every module in this package is imported here, so a new method needs only its own file.
+"""
+
+import importlib
+import pkgutil
+
 from replearn.methods.base import METHODS, Method, MethodOptions
+
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name != "base":
+        importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["METHODS", "Method", "MethodOptions"]

@@ -15,6 +15,7 @@ class SimCLR(Method):
 
     views = "simclr"
     n_views = 2
+    paper = "Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, ICML 2020 (arXiv:2002.05709)"
 
     def __init__(self, backbone, opts: MethodOptions):
         super().__init__(backbone, opts)

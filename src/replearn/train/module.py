@@ -44,15 +44,20 @@ class EpochSampler(Sampler[int]):
     """A seeded permutation per epoch, split across processes: the order depends only on
     (seed, epoch), so a resumed run sees the same batches as an uninterrupted one."""
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, weights=None):
         self.n, self.seed, self.rank, self.world, self.epoch = n, seed, rank, world, 0
+        self.weights = weights  # () -> per-image weights or None, asked at each epoch's start
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g)
+        w = self.weights() if self.weights is not None else None
+        if w is not None:  # e.g. DeepCluster's uniform sampling over pseudo-classes
+            perm = torch.multinomial(w.double().cpu(), self.n, replacement=True, generator=g)
+        else:
+            perm = torch.randperm(self.n, generator=g)
         per_rank = self.n // self.world
         return iter(perm[self.rank * per_rank : (self.rank + 1) * per_rank].tolist())
 
@@ -97,7 +102,9 @@ class PretrainModule(pl.LightningModule):
         self.method.to(memory_format=torch.channels_last)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.data), self.seed, self.global_rank, self.trainer.world_size)
+        sampler = EpochSampler(
+            len(self.data), self.seed, self.global_rank, self.trainer.world_size, weights=self.method.sample_weights
+        )
         if len(sampler) < self.batch_size:
             from replearn.errors import ReplearnError
 
@@ -119,9 +126,9 @@ class PretrainModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         images, _, index = batch
         g = step_generator(self.seed, self.global_step, self.global_rank, images.device)
-        views = [
-            self.recipe(images, self.image_size, self.data.mean, self.data.std, g) for _ in range(self.method.n_views)
-        ]
+        total = int(self.trainer.estimated_stepping_batches)
+        self.method.set_progress(self.global_step, total, self.current_epoch, int(self.trainer.max_epochs))
+        views = self.method.make_views(images, self.recipe, self.image_size, self.data.mean, self.data.std, g)
         # channels_last: oneDNN's and cuDNN's fast layout (CPU, bf16, 2 threads: 3,100 vs 2,460 views/s)
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         loss, logs = self.method.training_step(views, index)
@@ -139,6 +146,38 @@ class PretrainModule(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.method.after_step()
 
+    # -- methods that cluster the whole dataset (DeepCluster, PCL) ----------------------------------
+    def on_train_start(self) -> None:
+        # a fresh run clusters before epoch 0; a resumed run recomputes what the end of its last
+        # epoch computed (same weights, eval mode, seeded k-means), so resume stays exact
+        if self.method.needs_dataset_features:
+            self._refresh_dataset_features(self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        # runs before ModelCheckpoint saves, so the checkpoint holds the next epoch's clusters
+        if self.method.needs_dataset_features and self.current_epoch + 1 < self.trainer.max_epochs:
+            self._refresh_dataset_features(self.current_epoch + 1)
+
+    @torch.no_grad()
+    def _refresh_dataset_features(self, for_epoch: int) -> None:
+        """Features of every training image -> ``method.on_dataset_features``, for epoch ``for_epoch``."""
+        from replearn.views import eval_view
+
+        was_training = self.method.training
+        self.method.eval()
+        feats = []
+        try:
+            for start in range(0, len(self.data), 1024):
+                idx = torch.arange(start, min(start + 1024, len(self.data)))
+                x = eval_view(self.data.batch(idx).to(self.device), self.data.mean, self.data.std)
+                with torch.autocast(self.device.type, enabled=False):
+                    feats.append(self.method.dataset_features(x.contiguous(memory_format=torch.channels_last)).float())
+        finally:
+            self.method.train(was_training)
+        total = int(self.trainer.estimated_stepping_batches)
+        self.method.set_progress(self.global_step, total, for_epoch, int(self.trainer.max_epochs))
+        self.method.on_dataset_features(torch.cat(feats))
+
     def configure_optimizers(self):
         decay, no_decay = [], []
         for p in self.method.parameters():
@@ -146,7 +185,12 @@ class PretrainModule(pl.LightningModule):
                 (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on BN and biases
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         lr = self.lr * self.batch_size * self.trainer.world_size / 256
-        if self.optimizer_name == "sgd":
+        if self.optimizer_name == "lars":
+            from replearn.train.optim import LARS
+
+            groups[1]["lars_exclude"] = True
+            opt = LARS(groups, lr=lr, momentum=0.9)
+        elif self.optimizer_name == "sgd":
             opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
         else:
             opt = torch.optim.AdamW(groups, lr=lr)

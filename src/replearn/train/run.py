@@ -150,8 +150,12 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = build_backbone(cfg.backbone, data.channels, size, cfg.width, cfg.small_stem)
     method = method_cls(
-        backbone, MethodOptions(temperature=cfg.temperature, proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim)
+        backbone,
+        MethodOptions(
+            temperature=cfg.temperature, proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim, args=cfg.method_args
+        ),
     )
+    method.bind_data(data)
     module = PretrainModule(
         method, rec, data, size, cfg.batch_size, cfg.seed, cfg.optimizer, cfg.lr, cfg.weight_decay,
         cfg.warmup_epochs, cfg.num_workers,

@@ -58,6 +58,28 @@ def eval_view(images: torch.Tensor, mean, std) -> torch.Tensor:
     return ops.normalize(x, mean, std)
 
 
+def multi_crop(
+    images: torch.Tensor,
+    base: ViewRecipe,
+    size: int,
+    mean,
+    std,
+    generator: torch.Generator,
+    n_large: int = 2,
+    n_small: int = 4,
+    small_size: int | None = None,
+    large_scale: tuple[float, float] = (0.35, 1.0),
+    small_scale: tuple[float, float] = (0.08, 0.35),
+) -> list[torch.Tensor]:
+    """SwAV's multi-crop (arXiv:2006.09882): ``n_large`` views at ``size`` from crops covering
+    ``large_scale`` of the image, then ``n_small`` views at ``small_size`` (default ~3/7 of
+    ``size``, as 96 is of 224) from crops covering ``small_scale``; the other ops are ``base``'s."""
+    small_size = small_size or max(8, round(size * 3 / 7))
+    large, small = replace(base, crop_scale=large_scale), replace(base, crop_scale=small_scale)
+    views = [large(images, size, mean, std, generator) for _ in range(n_large)]
+    return views + [small(images, small_size, mean, std, generator) for _ in range(n_small)]
+
+
 def recipe(name: str, **overrides) -> ViewRecipe:
     base = RECIPES.get(name)
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
