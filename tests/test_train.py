@@ -15,24 +15,37 @@ from replearn.methods import METHODS, MethodOptions
 from replearn.methods.base import Method
 from replearn.nn import build_backbone, load_encoder
 from replearn.train.run import pretrain
-from replearn.views import recipe
+from replearn.views import eval_view, recipe
 
 TINY = dict(data="digits", backbone="convnet", width=8, batch_size=64, limit=256, knn_monitor=False, precision="32")
 
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_trains_two_steps(name):
+    """For every registered method, two CPU steps on tiny data: a finite loss, a gradient for every
+    trainable parameter, momentum/teacher networks that get none yet move after their update, and
+    a batch whose embeddings have not collapsed to one point."""
     torch.manual_seed(0)
-    data = load_data("digits", "train")
+    data = load_data("digits", "train").subset(torch.arange(256))
     backbone = build_backbone("convnet", 1, data.size, width=8)
     method = METHODS.get(name)(backbone, MethodOptions())
-    opt = torch.optim.SGD(method.parameters(), lr=0.1)
+    method.bind_data(data)
+    if method.needs_dataset_features:  # clustering methods: what the trainer does before epoch 0
+        method.eval()
+        with torch.no_grad():
+            feats = method.dataset_features(eval_view(data.images, data.mean, data.std)).float()
+        method.train()
+        method.on_dataset_features(feats)
+    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
     rec = recipe(method.views)
     images, index = data.images[:32], torch.arange(32)
+    frozen = {n: p for n, p in method.named_parameters() if not p.requires_grad}
+    frozen_before = {n: p.detach().clone() for n, p in frozen.items()}
     before = [p.detach().clone() for p in method.parameters()]
     for step in range(2):
+        method.set_progress(step, 10, 0, 1)
         g = torch.Generator().manual_seed(step)
-        views = [rec(images, data.size, data.mean, data.std, g) for _ in range(method.n_views)]
+        views = method.make_views(images, rec, data.size, data.mean, data.std, g)
         loss, logs = method.training_step(views, index)
         assert math.isfinite(loss.item())
         opt.zero_grad()
@@ -40,11 +53,22 @@ def test_every_method_trains_two_steps(name):
         for pname, p in method.named_parameters():
             if p.requires_grad:
                 assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: {pname} gets no gradient"
+            else:
+                assert p.grad is None, f"{name}: momentum parameter {pname} got a gradient"
         opt.step()
         method.after_step()
     assert any(not torch.equal(a, b) for a, b in zip(before, method.parameters(), strict=True))
-    feats = torch.nn.functional.normalize(logs["features"], dim=1)
+    if frozen:  # the momentum/teacher network moved through its update, not through the optimiser
+        assert any(not torch.equal(frozen_before[n], p) for n, p in frozen.items()), f"{name}: target never moves"
+    feats = torch.nn.functional.normalize(logs["features"].float(), dim=1)
     assert feats.std(0).mean() > 1e-3  # the batch did not collapse to one point
+    assert torch.cdist(feats, feats).max() > 1e-2
+
+
+def test_method_args_are_checked():
+    backbone = build_backbone("convnet", 1, 8, width=8)
+    with pytest.raises(ReplearnError, match="has no argument 'nonsense'"):
+        METHODS.get("simclr")(backbone, MethodOptions(args={"nonsense": 1}))
 
 
 class _StopAfterFirstEpoch(pl.Callback):

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -194,6 +195,7 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
             enable_model_summary=False,
             default_root_dir=str(out),
         )
+        t0 = time.perf_counter()
         try:
             trainer.fit(module, ckpt_path=str(out / "last.ckpt") if resume else None)
         except SystemExit:
@@ -206,4 +208,11 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
             raise ReplearnError(f"{e}; {where}", "lower --lr, raise --temperature or --batch-size, then retry") from None
         finally:
             _merge_metrics(out)
+    if trainer.global_rank == 0:
+        # this session's figures (a resumed run reports the part it trained)
+        views = module.views_seen * trainer.world_size
+        meta["train_seconds"] = round(time.perf_counter() - t0, 1)
+        meta["views_per_second"] = round(views / module.loop_seconds, 1) if module.loop_seconds > 0 else None
+        meta["views"] = views
+        atomic_write_text(json.dumps(meta, indent=2) + "\n", meta_path)
     return out
