@@ -109,3 +109,19 @@ def test_methods_and_results_commands(tmp_path, capsys):
     assert "60.0 [55.0, 65.0]" in rows[2]
     assert main(["results", str(tmp_path / "missing")]) == 2
     assert "no eval.json" in capsys.readouterr().err
+
+
+def test_method_args_from_the_command_line_and_yaml(tmp_path, capsys):
+    cfg = make_config(PretrainConfig, None, {"method_args": "queue_size=4096,momentum=0.99,name=x"})
+    assert cfg.method_args == {"queue_size": 4096, "momentum": 0.99, "name": "x"}
+    with pytest.raises(ReplearnError, match="key=value pairs"):
+        make_config(PretrainConfig, None, {"method_args": "queue_size"})
+    y = tmp_path / "c.yaml"
+    y.write_text("method_args:\n  queue_size: 1024\n")
+    assert make_config(PretrainConfig, y).method_args == {"queue_size": 1024}
+    # a key the method does not take is a one-line error naming the closest one
+    code = main(["pretrain", "--data", "digits", "--method", "simclr", "--method-args", "temprature=1",
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "method simclr has no argument 'temprature'" in err
+    assert not (tmp_path / "r").exists()  # refused before anything was written

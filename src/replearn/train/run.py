@@ -105,6 +105,7 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
 
     from replearn.data import load_data
     from replearn.methods import METHODS, MethodOptions
+    from replearn.methods.base import parse_args
     from replearn.nn import build_backbone
     from replearn.train.callbacks import (
         AtomicCheckpointIO,
@@ -123,6 +124,7 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
             f"{out} already holds a run", f"continue it with --resume, or choose another --out than {out}"
         )
     method_cls = METHODS.get(cfg.method)
+    parse_args(method_cls.Args, cfg.method_args, cfg.method)  # a typo fails before any data is read
     rec = recipe(cfg.views or method_cls.views, crop_scale=(cfg.crop_min_scale, 1.0) if cfg.crop_min_scale else None)
 
     data = load_data(cfg.data, "train", image_size=cfg.image_size, labels_csv=cfg.labels_csv)
