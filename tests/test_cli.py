@@ -119,6 +119,9 @@ def test_method_args_from_the_command_line_and_yaml(tmp_path, capsys):
     y = tmp_path / "c.yaml"
     y.write_text("method_args:\n  queue_size: 1024\n")
     assert make_config(PretrainConfig, y).method_args == {"queue_size": 1024}
+    # the command line adds to the file's mapping; lists go in brackets
+    both = make_config(PretrainConfig, y, {"method_args": "n_clusters=[50,100],momentum=0.9"})
+    assert both.method_args == {"queue_size": 1024, "n_clusters": [50, 100], "momentum": 0.9}
     # a key the method does not take is a one-line error naming the closest one
     code = main(["pretrain", "--data", "digits", "--method", "simclr", "--method-args", "temprature=1",
                  "--out", str(tmp_path / "r")])

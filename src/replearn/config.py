@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -120,8 +121,8 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             raise ReplearnError(f"{key} must be a list, not {value!r}", "write e.g. 4,25")
         return [coerce(key, v.strip() if isinstance(v, str) else v, inner) for v in items]
     if origin is dict or tp is dict:
-        if isinstance(value, str):  # key=value,key=value from the command line
-            pairs = [p for p in value.split(",") if p.strip()]
+        if isinstance(value, str):  # key=value,key=value from the command line; lists as k=[1,2]
+            pairs = [p for p in re.split(r",(?![^\[]*\])", value) if p.strip()]
             if any("=" not in p for p in pairs):
                 raise ReplearnError(f"{key} must be key=value pairs, not {value!r}", "write e.g. queue_size=4096,momentum=0.99")
             return {k.strip(): yaml.safe_load(v.strip()) for k, v in (p.split("=", 1) for p in pairs)}
@@ -170,13 +171,15 @@ def make_config(cls, yaml_path: str | Path | None = None, overrides: dict[str, A
         if not isinstance(loaded, dict):
             raise ReplearnError(f"{p} must hold a mapping of option: value")
         values.update(loaded)
-    values.update(overrides or {})
-    out = {}
-    for key, value in values.items():
-        name = key.replace("-", "_")
-        if name not in types_:
-            raise ReplearnError(f"unknown option '{key}'", _closest(name, types_))
-        out[name] = coerce(name, value, types_[name])
+    out: dict[str, Any] = {}
+    for source in (values, overrides or {}):
+        for key, value in source.items():
+            name = key.replace("-", "_")
+            if name not in types_:
+                raise ReplearnError(f"unknown option '{key}'", _closest(name, types_))
+            v = coerce(name, value, types_[name])
+            # a mapping (method_args) given on the command line adds to the config file's
+            out[name] = {**out[name], **v} if isinstance(v, dict) and isinstance(out.get(name), dict) else v
     return cls(**out)
 
 

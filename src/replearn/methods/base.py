@@ -106,6 +106,11 @@ class Method(nn.Module):
     def on_dataset_features(self, features: torch.Tensor) -> None:
         """features: float32 (N, D) of every training image, in dataset order."""
 
+    def fresh_parameters(self) -> list[nn.Parameter]:
+        """Parameters that ``on_dataset_features`` has just redrawn (DeepCluster's head): the trainer
+        drops their optimiser state, so old moments do not push the new values."""
+        return []
+
     def sample_weights(self) -> torch.Tensor | None:
         """Per-image sampling weights for the coming epoch (None: a plain permutation)."""
         return None

@@ -187,6 +187,9 @@ class PretrainModule(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         self.method.set_progress(self.global_step, total, for_epoch, int(self.trainer.max_epochs))
         self.method.on_dataset_features(torch.cat(feats))
+        for opt in self.trainer.optimizers:  # before on_train_start's first call there is none yet
+            for p in self.method.fresh_parameters():
+                opt.state.pop(p, None)
 
     def configure_optimizers(self):
         decay, no_decay = [], []
