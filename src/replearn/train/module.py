@@ -139,6 +139,10 @@ class PretrainModule(pl.LightningModule):
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"the loss became {loss.item()} at step {self.global_step}")
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(index))
+        for key, value in logs.items():  # a method's own scalars (loss terms, momentum, temperature)
+            if key != "features" and (isinstance(value, float | int) or (torch.is_tensor(value) and value.numel() == 1)):
+                self.log(key, value.detach().float() if torch.is_tensor(value) else float(value),
+                         on_step=False, on_epoch=True, batch_size=len(index))
         feats = logs.get("features")
         if feats is not None:
             # collapse monitor: per-dimension std of normalised features, x sqrt(D) so ~1 when spread
