@@ -82,6 +82,8 @@ def job(name: str, args) -> dict:
             if rc != 0:
                 row["error"] = (out / "train.log").read_text()[-600:]
                 return row
+    if args.train_only:
+        return row
     if args.eval_limit:
         cmd += ["--limit", str(args.eval_limit)]
     row["eval_cmd"] = " ".join(["replearn", *cmd[3:]])
@@ -162,6 +164,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=None, help="train on the first N images (smoke checks)")
     p.add_argument("--epochs", type=int, default=None, help="override the configs' epochs (smoke checks)")
     p.add_argument("--eval-limit", type=int, default=None)
+    p.add_argument("--train-only", action="store_true", help="train (e.g. on a GPU host); evaluate in a later call")
     p.add_argument("--retrain", action="store_true", help="train again where an encoder exists")
     p.add_argument("--commit", default=None, help="the commit to name (default: git's HEAD)")
     p.add_argument("--write", default=None, help="write the table into this markdown file and stop")
@@ -186,7 +189,8 @@ def main() -> int:
         for n, f in futures.items():
             rows.append(f.result())
             r = rows[-1]
-            status = f"linear {r['eval']['linear']:.1f} knn {r['eval']['knn']:.1f}" if "eval" in r else "FAILED"
+            status = (f"linear {r['eval']['linear']:.1f} knn {r['eval']['knn']:.1f}" if "eval" in r
+                      else "trained" if args.train_only and "error" not in r else "FAILED")
             print(f"[{time.perf_counter() - t0:6.0f}s] {n}: {status}", flush=True)
     order = {n: i for i, n in enumerate(["raw", *all_methods(), *[f"lightly-{m}" for m in LIGHTLY]])}
     rows.sort(key=lambda r: order.get(r["name"], 99))
