@@ -15,7 +15,9 @@ class ImageSet:
     ``images`` is a uint8 tensor (N, C, H, W) when the set is decoded in memory (small sets);
     otherwise it is None and ``decode(i) -> uint8 (C, H, W)`` decodes one item (large folders,
     decoded lazily in DataLoader workers). ``labels`` is int64 (N,), -1 where unknown.
-    ``skipped`` lists (path, reason) of inputs that could not be used.
+    ``skipped`` lists (path, reason) of inputs that could not be used. ``groups`` is None or int64
+    (N,): images with the same id >= 0 show one object or clip (the ``group`` method's positives),
+    -1 where unknown.
     """
 
     ids: list[str]
@@ -29,12 +31,15 @@ class ImageSet:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    groups: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images is None and self.decode is None:
             raise ValueError("an ImageSet needs images or a decode function")
         if len(self.ids) != len(self.labels):
             raise ValueError("ids and labels differ in length")
+        if self.groups is not None and len(self.groups) != len(self.ids):
+            raise ValueError("ids and groups differ in length")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -42,6 +47,10 @@ class ImageSet:
     @property
     def has_labels(self) -> bool:
         return bool((self.labels >= 0).any())
+
+    @property
+    def has_groups(self) -> bool:
+        return self.groups is not None and bool((self.groups >= 0).any())
 
     @property
     def in_memory(self) -> bool:
@@ -72,6 +81,7 @@ class ImageSet:
             mean=self.mean,
             std=self.std,
             skipped=self.skipped,
+            groups=None if self.groups is None else self.groups[idx],
         )
 
 

@@ -73,6 +73,7 @@ def load_data(
     labels_csv: str | None = None,
     max_in_memory_bytes: int = 4 << 30,
     cache_dir: str | None = None,
+    groups_csv: str | None = None,
 ) -> ImageSet:
     """Load a built-in dataset name, an image folder, or a .npy/.npz file as an ImageSet.
 
@@ -81,6 +82,9 @@ def load_data(
     native size (28 for fashion-mnist, 8 for digits, the array's) and means 64 for a folder.
     ``cache_dir`` replaces ~/.cache/replearn as the place fashion-mnist is downloaded to.
     A built-in name wins over a folder of the same name (write ./digits for the folder).
+    Group ids (``ImageSet.groups``): a folder's images are grouped by the sub-folder they sit in
+    (images in the folder itself have none), or by ``groups_csv`` (rows path,group) when given; an
+    .npz file's by its ``groups`` array; the built-ins have none.
     """
     if split not in SPLITS:
         raise ReplearnError(f"unknown split: {split!r}", hint="use 'train', 'test' or 'all'")
@@ -91,6 +95,11 @@ def load_data(
     path = Path(spec).expanduser()
     if labels_csv is not None and (spec in BUILTIN or not path.is_dir()):
         raise ReplearnError("labels_csv applies to image folders only", hint="drop labels_csv here")
+    if groups_csv is not None and (spec in BUILTIN or not path.is_dir()):
+        raise ReplearnError(
+            "groups_csv applies to image folders only",
+            hint="drop groups_csv here (an .npz file takes a 'groups' array)",
+        )
     if spec == "fashion-mnist":
         data = _fashion_mnist(split, cache_dir)
     elif spec == "digits":
@@ -98,7 +107,7 @@ def load_data(
     elif path.is_dir():
         if split == "test":
             log.info("%s is a folder and has no test split: using all of it", spec)
-        return _folder(path, image_size or DEFAULT_FOLDER_SIZE, labels_csv, max_in_memory_bytes)
+        return _folder(path, image_size or DEFAULT_FOLDER_SIZE, labels_csv, max_in_memory_bytes, groups_csv)
     elif path.is_file() and path.suffix.lower() in (".npy", ".npz"):
         data = _arrays(path)
     elif path.exists():
@@ -262,7 +271,7 @@ def _arrays(path: Path) -> ImageSet:
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
-            images, labels = loaded, None
+            images, labels, groups = loaded, None, None
         else:
             with loaded:
                 if "images" not in loaded.files:
@@ -272,6 +281,7 @@ def _arrays(path: Path) -> ImageSet:
                     )
                 images = loaded["images"]
                 labels = loaded["labels"] if "labels" in loaded.files else None
+                groups = loaded["groups"] if "groups" in loaded.files else None
     except (OSError, ValueError, EOFError) as e:
         raise ReplearnError(
             f"cannot read {path}: {e}", hint="save with numpy.save / numpy.savez (no pickled objects)"
@@ -289,6 +299,7 @@ def _arrays(path: Path) -> ImageSet:
         classes=classes,
         mean=mean,
         std=std,
+        groups=_array_groups(groups, len(x), path.name),
     )
 
 
@@ -334,6 +345,26 @@ def _array_labels(labels: np.ndarray | None, n: int, name: str) -> tuple[torch.T
     return torch.tensor(y, dtype=torch.long), classes
 
 
+def _array_groups(groups: np.ndarray | None, n: int, name: str) -> torch.Tensor | None:
+    if groups is None:
+        return None
+    if groups.shape != (n,):
+        raise ReplearnError(
+            f"{name}: groups of shape {groups.shape} do not match {n} images",
+            hint="groups are one id per image, shape (N,); -1 for none",
+        )
+    if groups.dtype.kind == "f" and np.isfinite(groups).all() and (groups == np.round(groups)).all():
+        groups = groups.astype(np.int64)
+    return torch.tensor(_encode_groups([str(v) for v in groups.tolist()]), dtype=torch.long)
+
+
+def _encode_groups(values: list[str]) -> list[int]:
+    """Group names (any strings; "" or "-1" = none) -> ids 0.. in sorted name order, -1 for none."""
+    names = sorted({v for v in values if v not in ("", "-1")})
+    index = {g: i for i, g in enumerate(names)}
+    return [index.get(v, -1) for v in values]
+
+
 def _encode_labels(values: list[str], source: str) -> tuple[list[int], list[str] | None]:
     """Integers are class indices as they are (-1 or empty = unknown); names get sorted indices."""
     names = [v for v in values if v not in ("", "-1")]
@@ -355,7 +386,9 @@ def _encode_labels(values: list[str], source: str) -> tuple[list[int], list[str]
 # ---------------------------------------------------------------- image folders
 
 
-def _folder(root: Path, size: int, labels_csv: str | None, max_bytes: int) -> ImageSet:
+def _folder(
+    root: Path, size: int, labels_csv: str | None, max_bytes: int, groups_csv: str | None = None
+) -> ImageSet:
     files = _image_files(root)
     if not files:
         raise ReplearnError(
@@ -363,6 +396,7 @@ def _folder(root: Path, size: int, labels_csv: str | None, max_bytes: int) -> Im
             hint=f"image files end in {' '.join(IMAGE_SUFFIXES)} (any case); other files are ignored",
         )
     labels, classes = _csv_labels(root, files, labels_csv) if labels_csv else _subfolder_labels(files)
+    groups = _csv_groups(root, files, groups_csv) if groups_csv else _subfolder_groups(files)
     paths = [str(root / f) for f in files]
     workers = min(8, os.cpu_count() or 1)
     # 3 channels: whether all images are gray is known only after opening them
@@ -415,6 +449,7 @@ def _folder(root: Path, size: int, labels_csv: str | None, max_bytes: int) -> Im
         mean=mean,
         std=std,
         skipped=skipped,
+        groups=torch.tensor([groups[i] for i in kept], dtype=torch.long),
     )
 
 
@@ -451,13 +486,24 @@ def _subfolder_labels(files: list[str]) -> tuple[list[int], list[str] | None]:
     return [index[t] for t in tops], classes
 
 
-def _csv_labels(root: Path, files: list[str], labels_csv: str) -> tuple[list[int], list[str] | None]:
+def _subfolder_groups(files: list[str]) -> list[int]:
+    """Group = the sub-folder an image sits in (its whole relative path, e.g. 'shoes/pair7'); -1 for
+    images in the folder itself."""
+    folders = [f.rsplit("/", 1)[0] if "/" in f else None for f in files]
+    names = sorted({d for d in folders if d is not None})
+    index = {d: i for i, d in enumerate(names)}
+    return [index[d] if d is not None else -1 for d in folders]
+
+
+def _csv_column(root: Path, files: list[str], csv_file: str, what: str) -> dict[str, str]:
+    """{path: value} from a 'path,<what>' CSV (a header row is skipped); rows must be complete and
+    agree with each other, and at least one path must name an image."""
     try:
-        with open(Path(labels_csv).expanduser(), newline="", encoding="utf-8-sig") as f:
+        with open(Path(csv_file).expanduser(), newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ReplearnError(
-            f"cannot read labels file {labels_csv}: {e}", hint="a CSV file with rows 'path,label'"
+            f"cannot read {what}s file {csv_file}: {e}", hint=f"a CSV file with rows 'path,{what}'"
         ) from e
     position = {f: i for i, f in enumerate(files)}
     if rows and _norm_path(rows[0][0]) not in position:
@@ -466,25 +512,35 @@ def _csv_labels(root: Path, files: list[str], labels_csv: str) -> tuple[list[int
     for row in rows:
         if len(row) < 2:
             raise ReplearnError(
-                f"{labels_csv}: the row for {row[0]!r} has no label", hint="each row is 'path,label'"
+                f"{csv_file}: the row for {row[0]!r} has no {what}", hint=f"each row is 'path,{what}'"
             )
-        path, label = _norm_path(row[0]), row[1].strip()
-        if given.setdefault(path, label) != label:
+        path, value = _norm_path(row[0]), row[1].strip()
+        if given.setdefault(path, value) != value:
             raise ReplearnError(
-                f"{labels_csv} gives {path} two labels: {given[path]!r} and {label!r}",
+                f"{csv_file} gives {path} two {what}s: {given[path]!r} and {value!r}",
                 hint="keep one row per image",
             )
-    codes, classes = _encode_labels(list(given.values()), labels_csv)
-    by_path = dict(zip(given, codes, strict=True))
     matched = sum(p in position for p in given)
     if given and not matched:
         raise ReplearnError(
-            f"no path in {labels_csv} names an image in {root}",
+            f"no path in {csv_file} names an image in {root}",
             hint=f"paths are relative to the folder, like {files[0]!r}",
         )
     if matched < len(given):
-        log.warning("%d paths in %s name no image in %s", len(given) - matched, labels_csv, root)
+        log.warning("%d paths in %s name no image in %s", len(given) - matched, csv_file, root)
+    return given
+
+
+def _csv_labels(root: Path, files: list[str], labels_csv: str) -> tuple[list[int], list[str] | None]:
+    given = _csv_column(root, files, labels_csv, "label")
+    codes, classes = _encode_labels(list(given.values()), labels_csv)
+    by_path = dict(zip(given, codes, strict=True))
     return [by_path.get(f, -1) for f in files], classes
+
+
+def _csv_groups(root: Path, files: list[str], groups_csv: str) -> list[int]:
+    given = _csv_column(root, files, groups_csv, "group")
+    return _encode_groups([given.get(f, "") for f in files])
 
 
 def _norm_path(p: str) -> str:
