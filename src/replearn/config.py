@@ -52,6 +52,7 @@ class PretrainConfig:
     collapse_threshold: float = 0.02  # stop when std of normalised embeddings * sqrt(dim) falls below
     limit: int | None = None  # use only the first N images (quick trials)
     labels_csv: str | None = None  # folder labels as a path,label CSV
+    groups_csv: str | None = None  # folder group ids as a path,group CSV (the group method's positives)
 
 
 @dataclass

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def infonce_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+def infonce_queue(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2
+) -> torch.Tensor:
     """MoCo's InfoNCE (arXiv:1911.05722, eq. 1): each query's positive is its own key, the
     negatives are the K queued keys of earlier batches,
         loss_i = -log( exp(q_i.k_i / T) / (exp(q_i.k_i / T) + sum_j exp(q_i.queue_j / T)) ),

@@ -23,9 +23,9 @@ def jigsaw_geometry(size: int, tile_scale: float, gap_frac: float) -> tuple[int,
 
 @METHODS.register("jigsaw")
 class Jigsaw(Method):
-    """Jigsaw (context-free network): the shared backbone embeds 9 shuffled tiles; an MLP over their
-    features, concatenated in tile-position order, classifies which of P permutations shuffled them.
+    """Jigsaw: a shared backbone embeds 9 shuffled tiles; an MLP says which of P permutations shuffled them.
 
+    The MLP reads the tile features concatenated in tile-position order (the context-free network).
     Each image is augmented once at ``tile_scale`` x its size (28 px -> 42 px, so the 3x3 cells are
     14 px and the tiles 12 px: the paper's 64 px tiles in 75 px cells scaled down), each tile is
     taken at a random position inside its cell (the gap stops edge-continuity shortcuts), and the

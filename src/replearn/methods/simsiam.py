@@ -1,4 +1,4 @@
-"""SimSiam: a predictor maps one view's projection onto the other's, with a stop-gradient (arXiv:2011.10566)."""
+"""SimSiam: one view's prediction matches the other's stop-gradient projection (arXiv:2011.10566)."""
 
 from __future__ import annotations
 

@@ -127,7 +127,9 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
     parse_args(method_cls.Args, cfg.method_args, cfg.method)  # a typo fails before any data is read
     rec = recipe(cfg.views or method_cls.views, crop_scale=(cfg.crop_min_scale, 1.0) if cfg.crop_min_scale else None)
 
-    data = load_data(cfg.data, "train", image_size=cfg.image_size, labels_csv=cfg.labels_csv)
+    data = load_data(
+        cfg.data, "train", image_size=cfg.image_size, labels_csv=cfg.labels_csv, groups_csv=cfg.groups_csv
+    )
     if cfg.limit:
         data = data.subset(torch.arange(min(cfg.limit, len(data))))
     size = cfg.image_size or data.size

@@ -77,12 +77,17 @@ def permutation_set(p: int, seed: int = 0) -> torch.Tensor:
     return _permutation_set(p, seed).clone()
 
 
+@functools.lru_cache(maxsize=1)
+def _every_permutation(k: int) -> torch.Tensor:
+    """All k! permutations of range(k), uint8 (k!, k), in lexicographic order."""
+    flat = np.fromiter(itertools.chain.from_iterable(itertools.permutations(range(k))), np.uint8)
+    return torch.from_numpy(flat.reshape(-1, k))
+
+
 @functools.lru_cache(maxsize=4)
 def _permutation_set(p: int, seed: int) -> torch.Tensor:
     k = GRID * GRID
-    every = torch.from_numpy(
-        np.fromiter(itertools.chain.from_iterable(itertools.permutations(range(k))), np.uint8).reshape(-1, k)
-    )
+    every = _every_permutation(k)
     if not 1 <= p <= len(every):
         raise ValueError(f"the number of permutations must be in 1..{len(every)}, not {p}")
     every = every[torch.randperm(len(every), generator=torch.Generator().manual_seed(seed))]
