@@ -1,19 +1,21 @@
-"""Training-loop throughput: augmented views per second, replearn's SimCLR against lightly's.
+"""Training-loop throughput: augmented views per second, replearn's SimCLR, MoCo, BYOL and SwAV
+against lightly's implementation of each.
 
-Both contenders run the whole loop (data, augmentation, forward, backward, optimiser step) on the
-same Fashion-MNIST images, the same backbone (``convnet``, width 32), the same projection head
-(512 -> 128), NT-Xent at T=0.2, AdamW at 2e-3 and batch 256, with the same number of torch threads.
-Each contender runs in its own subprocess, so its peak memory is its own.
+For each method both contenders run the whole loop (data, augmentation, forward, backward, optimiser
+step, momentum update) on the same Fashion-MNIST images, the same backbone (``convnet``, width 32),
+the same heads (512 -> 128) and loss settings, AdamW at 2e-3 and batch 256, with the same number of
+torch threads. Each contender runs in its own subprocess, so its peak memory is its own.
 
     .venv/bin/python bench/throughput.py                       # ~30 steady steps per contender
     .venv/bin/python bench/throughput.py --quick               # smoke check, a few steps
     .venv/bin/python bench/throughput.py --write docs/benchmarks.md
-    .venv/bin/python bench/throughput.py --profile replearn-fp32   # top ops of one steady step
+    .venv/bin/python bench/throughput.py --profile simclr/replearn-fp32   # top ops of one steady step
 
 replearn runs the real user path, ``replearn.train.run.pretrain``, with a callback that stamps
 ``time.perf_counter()`` at every batch start and end. lightly runs the loop of its documentation:
-a torch Dataset of PIL images with ``SimCLRTransform``, a DataLoader, two forward passes and
-``NTXentLoss``. Views per step are 2 x batch. The first ``--warmup`` steps are skipped; the
+a torch Dataset of PIL images with its transform (``SimCLRTransform``, or ``SwaVTransform`` for
+multi-crop), a DataLoader, one forward pass per view and lightly's loss and momentum helpers.
+Views per step are views per image x batch (SwAV's small crops count as views). The first ``--warmup`` steps are skipped; the
 steady steps are split into ``--repeats`` consecutive windows, and views/s is reported as the mean
 over windows with the min-max range.
 """
@@ -39,13 +41,19 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 MARK_START, MARK_END = "<!-- throughput:start -->", "<!-- throughput:end -->"
 
-# name -> (framework, setting); the setting is the precision for replearn, num_workers for lightly
-CONTENDERS = {
-    "replearn-fp32": ("replearn", "32"),
-    "replearn-bf16": ("replearn", "bf16"),
-    "lightly-w0": ("lightly", "0"),
-    "lightly-w2": ("lightly", "2"),
+# the methods measured; per method: replearn's method arguments and extra options, views per image
+BENCH_METHODS = {
+    "simclr": ({}, {}, 2),
+    "moco": ({"queue_size": 8192, "momentum": 0.99}, {}, 2),
+    "byol": ({"base_momentum": 0.99}, {}, 2),
+    # 2 large (28 px) + 4 small (12 px) crops; every crop counts as a view
+    "swav": ({"n_prototypes": 100, "n_small": 4, "small_size": 12}, {"temperature": 0.1}, 6),
 }
+SETTINGS = {"replearn-fp32": ("replearn", "32"), "replearn-bf16": ("replearn", "bf16"),
+            "lightly-w0": ("lightly", "0"), "lightly-w2": ("lightly", "2")}
+# "method/contender" -> (framework, setting, method); the setting is the precision for replearn,
+# num_workers for lightly
+CONTENDERS = {f"{m}/{c}": (*fs, m) for m in BENCH_METHODS for c, fs in SETTINGS.items()}
 BACKBONE, WIDTH, PROJ_HIDDEN, PROJ_DIM, TEMPERATURE, LR, WEIGHT_DECAY = "convnet", 32, 512, 128, 0.2, 2e-3, 1e-4
 
 
@@ -75,7 +83,7 @@ class _Profile:
             self.prof = None
 
 
-def _run_replearn(precision: str, a) -> dict:
+def _run_replearn(precision: str, a, method: str) -> dict:
     import lightning.pytorch as pl
     import torch
 
@@ -98,11 +106,13 @@ def _run_replearn(precision: str, a) -> dict:
 
     n_steps = a.warmup + a.steps
     with tempfile.TemporaryDirectory(prefix="replearn-bench-") as tmp:
+        margs, extra, _ = BENCH_METHODS[method]
+        options = dict(temperature=TEMPERATURE, lr=LR, weight_decay=WEIGHT_DECAY, optimizer="adamw") | extra
         pretrain(
-            data="fashion-mnist", method="simclr", backbone=BACKBONE, width=WIDTH, batch_size=a.batch_size,
+            data="fashion-mnist", method=method, backbone=BACKBONE, width=WIDTH, batch_size=a.batch_size,
             epochs=1, limit=n_steps * a.batch_size, out=str(Path(tmp) / "run"), knn_monitor=False,
             precision=precision, callbacks=[Timer()], proj_hidden=PROJ_HIDDEN, proj_dim=PROJ_DIM,
-            temperature=TEMPERATURE, lr=LR, weight_decay=WEIGHT_DECAY, optimizer="adamw",
+            method_args=margs, **options,
         )
     return {
         **stamps,
@@ -125,57 +135,114 @@ class _PILImages:
         return self.transform(Image.fromarray(self.images[i, 0])), 0  # 2-d uint8 -> mode "L"
 
 
-def _run_lightly(num_workers: str, a) -> dict:
+def _lightly_model(method: str, data, steps: int):
+    """lightly's parts for ``method`` (its documented example loop), on replearn's backbone:
+    returns (model, step(views, i) -> loss)."""
+    import copy
+
     import torch
-    from lightly.loss import NTXentLoss
-    from lightly.models.modules import SimCLRProjectionHead
-    from lightly.transforms import SimCLRTransform
+    from lightly.loss import NegativeCosineSimilarity, NTXentLoss, SwaVLoss
+    from lightly.models.modules import (
+        BYOLPredictionHead,
+        BYOLProjectionHead,
+        MoCoProjectionHead,
+        SimCLRProjectionHead,
+        SwaVProjectionHead,
+        SwaVPrototypes,
+    )
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+    from lightly.utils.scheduler import cosine_schedule
     from torch import nn
+
+    from replearn.nn import build_backbone
+
+    backbone = build_backbone(BACKBONE, in_channels=data.channels, image_size=data.size, width=WIDTH)
+    d = backbone.out_dim
+    margs, extra, _ = BENCH_METHODS[method]
+    if method == "simclr":
+        model = nn.ModuleDict({"backbone": backbone, "head": SimCLRProjectionHead(d, PROJ_HIDDEN, PROJ_DIM)})
+        crit = NTXentLoss(temperature=TEMPERATURE)
+
+        def step(views, i):
+            z0, z1 = (model["head"](model["backbone"](x)) for x in views)
+            return crit(z0, z1)
+    elif method in ("moco", "byol"):
+        if method == "moco":
+            head = MoCoProjectionHead(d, PROJ_HIDDEN, PROJ_DIM)  # Linear-ReLU-Linear, as replearn's MoCo v2 head
+            model = nn.ModuleDict({"backbone": backbone, "head": head})
+            crit = NTXentLoss(temperature=TEMPERATURE, memory_bank_size=(margs["queue_size"], PROJ_DIM))
+        else:
+            model = nn.ModuleDict({"backbone": backbone, "head": BYOLProjectionHead(d, PROJ_HIDDEN, PROJ_DIM),
+                                   "pred": BYOLPredictionHead(PROJ_DIM, PROJ_HIDDEN, PROJ_DIM)})
+            crit = NegativeCosineSimilarity()
+        target = nn.ModuleDict({"backbone": copy.deepcopy(backbone), "head": copy.deepcopy(model["head"])})
+        deactivate_requires_grad(target)
+
+        def step(views, i):
+            m = margs["momentum"] if method == "moco" else cosine_schedule(i, steps, margs["base_momentum"], 1.0)
+            update_momentum(model["backbone"], target["backbone"], m)
+            update_momentum(model["head"], target["head"], m)
+            q = [model["head"](model["backbone"](x)) for x in views]
+            if method == "byol":
+                q = [model["pred"](z) for z in q]
+            with torch.no_grad():
+                k = [target["head"](target["backbone"](x)) for x in views]
+            return 0.5 * (crit(q[0], k[1]) + crit(q[1], k[0]))  # symmetric, as replearn's
+    elif method == "swav":
+        model = nn.ModuleDict({"backbone": backbone, "head": SwaVProjectionHead(d, PROJ_HIDDEN, PROJ_DIM),
+                               "prototypes": SwaVPrototypes(PROJ_DIM, margs["n_prototypes"])})
+        crit = SwaVLoss(temperature=extra["temperature"], sinkhorn_epsilon=0.05, sinkhorn_iterations=3)
+
+        def step(views, i):
+            model["prototypes"].normalize()
+            feats = [nn.functional.normalize(model["head"](model["backbone"](x)), dim=1) for x in views]
+            scores = [model["prototypes"](f, i) for f in feats]
+            return crit(scores[:2], scores[2:])
+    return model, step
+
+
+def _lightly_transform(method: str, data):
+    """lightly's transform with replearn's "simclr" recipe: crop (0.08, 1), flip 0.5, jitter p 0.8
+    (0.4, 0.4, 0.2, 0.1), gray 0.2, blur p 0.5 sigma (0.1, 2), normalised with the data's own
+    1-channel mean/std; SwAV: 2 x 28 px crops of (0.35, 1) and 4 x 12 px of (0.08, 0.35)."""
+    from lightly.transforms import SimCLRTransform, SwaVTransform
+
+    common = dict(cj_prob=0.8, cj_strength=1.0, cj_bright=0.4, cj_contrast=0.4, cj_sat=0.2, cj_hue=0.1,
+                  random_gray_scale=0.2, gaussian_blur=0.5, sigmas=(0.1, 2.0), hf_prob=0.5, vf_prob=0.0,
+                  rr_prob=0.0, normalize={"mean": list(data.mean), "std": list(data.std)})
+    if method == "swav":
+        _, _, n_views = BENCH_METHODS[method]
+        return SwaVTransform(crop_sizes=(data.size, 12), crop_counts=(2, n_views - 2), crop_min_scales=(0.35, 0.08),
+                             crop_max_scales=(1.0, 0.35), **common)
+    return SimCLRTransform(input_size=data.size, min_scale=0.08, **common)
+
+
+def _run_lightly(num_workers: str, a, method: str) -> dict:
+    import torch
     from torch.utils.data import DataLoader
 
     from replearn.data import load_data
-    from replearn.nn import build_backbone
 
     torch.manual_seed(0)
     data = load_data("fashion-mnist", "train")
     n_steps = a.warmup + a.steps
     images = data.images[: n_steps * a.batch_size]
-    # replearn's "simclr" recipe: crop (0.08, 1), flip 0.5, jitter p 0.8 (0.4, 0.4, 0.2, 0.1), gray 0.2,
-    # blur p 0.5 sigma (0.1, 2), normalised with the data's own 1-channel mean/std
-    transform = SimCLRTransform(
-        input_size=data.size, cj_prob=0.8, cj_strength=1.0, cj_bright=0.4, cj_contrast=0.4, cj_sat=0.2,
-        cj_hue=0.1, min_scale=0.08, random_gray_scale=0.2, gaussian_blur=0.5, sigmas=(0.1, 2.0),
-        hf_prob=0.5, vf_prob=0.0, rr_prob=0.0, normalize={"mean": list(data.mean), "std": list(data.std)},
-    )
     workers = int(num_workers)
     loader = DataLoader(
-        _PILImages(images, transform), batch_size=a.batch_size, shuffle=True, drop_last=True,
-        num_workers=workers, generator=torch.Generator().manual_seed(0),
+        _PILImages(images, _lightly_transform(method, data)), batch_size=a.batch_size, shuffle=True,
+        drop_last=True, num_workers=workers, generator=torch.Generator().manual_seed(0),
     )
-
-    class SimCLR(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = build_backbone(BACKBONE, in_channels=data.channels, image_size=data.size, width=WIDTH)
-            self.projection_head = SimCLRProjectionHead(self.backbone.out_dim, PROJ_HIDDEN, PROJ_DIM)
-
-        def forward(self, x):
-            return self.projection_head(self.backbone(x))
-
-    model = SimCLR()
+    model, step = _lightly_model(method, data, n_steps)
     model.train()
-    criterion = NTXentLoss(temperature=TEMPERATURE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WEIGHT_DECAY)
     prof = _Profile(a.warmup) if a.profile else None
     stamps: dict[str, list[float]] = {"start": [], "end": []}
     threads = torch.get_num_threads()
     total_loss = torch.zeros(())
     for i, (views, _) in enumerate(loader):
         stamps["start"].append(time.perf_counter())
-        x0, x1 = views
-        z0, z1 = model(x0), model(x1)
-        loss = criterion(z0, z1)
-        total_loss += loss.detach()
+        loss = step(views, i)
+        total_loss += loss.detach().sum()  # lightly's SwAV loss has shape (1,)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -192,9 +259,9 @@ def child(name: str, a) -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    framework, setting = CONTENDERS[name]
+    framework, setting, method = CONTENDERS[name]
     t0 = time.perf_counter()
-    res = _run_replearn(setting, a) if framework == "replearn" else _run_lightly(setting, a)
+    res = _run_replearn(setting, a, method) if framework == "replearn" else _run_lightly(setting, a, method)
     res.update(
         name=name,
         wall_s=time.perf_counter() - t0,
@@ -213,7 +280,7 @@ def summarize(res: dict, a) -> dict:
     end, start = res["end"], res["start"]
     if len(end) < a.warmup + a.steps:
         raise RuntimeError(f"{res['name']}: {len(end)} steps ran, expected {a.warmup + a.steps}")
-    views = 2 * a.batch_size
+    views = BENCH_METHODS[CONTENDERS[res["name"]][2]][2] * a.batch_size
     bounds = [a.warmup - 1 + round(k * a.steps / a.repeats) for k in range(a.repeats + 1)]
     rates = [views * (j - i) / (end[j] - end[i]) for i, j in zip(bounds[:-1], bounds[1:], strict=True)]
     lo, hi = bounds[0], bounds[-1]
@@ -301,29 +368,40 @@ def command_line() -> str:
     return shlex.join([exe_s, *sys.argv])
 
 
-def table(rows: list[dict], ref: dict | None) -> str:
-    head = ("| contender | setting | views/s (mean) | min–max over windows | s/step | in-step share "
-            "| peak RSS MiB | threads | vs lightly |")
-    lines = [head, "|" + "---|" * 9]
+def _refs(rows: list[dict]) -> dict[str, dict]:
+    """Per method, lightly's fastest setting: the reference its replearn rows are divided by."""
+    refs: dict[str, dict] = {}
     for r in rows:
-        fw, setting = CONTENDERS[r["name"]]
+        fw, _, method = CONTENDERS[r["name"]]
+        if fw == "lightly" and (method not in refs or r["mean"] > refs[method]["mean"]):
+            refs[method] = r
+    return refs
+
+
+def table(rows: list[dict], refs: dict[str, dict]) -> str:
+    head = ("| method | contender | setting | views/s (mean) | min–max over windows | s/step | in-step share "
+            "| peak RSS MiB | threads | vs lightly |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        fw, setting, method = CONTENDERS[r["name"]]
         setting = f"precision {r['precision']}" if fw == "replearn" else f"num_workers={setting}, fp32"
         rss = f"{r['rss']:.0f}"
         if fw == "lightly" and CONTENDERS[r["name"]][1] != "0":
             rss += f" (largest worker {r['child_rss']:.0f})"
+        ref = refs.get(method)
         ratio = f"{r['mean'] / ref['mean']:.2f}x" if ref and fw == "replearn" else ("ref" if r is ref else "")
         lines.append(
-            f"| {r['name']} | {setting} | {r['mean']:.0f} | {r['min']:.0f}–{r['max']:.0f} | {r['step_s']:.3f} "
-            f"| {100 * r['in_step']:.0f}% | {rss} | {r['threads']} | {ratio} |"
+            f"| {method} | {r['name'].split('/')[1]} | {setting} | {r['mean']:.0f} | {r['min']:.0f}–{r['max']:.0f} "
+            f"| {r['step_s']:.3f} | {100 * r['in_step']:.0f}% | {rss} | {r['threads']} | {ratio} |"
         )
     return "\n".join(lines)
 
 
 def report(rows: list[dict], a, mach: dict, vers: dict, load: tuple) -> str:
-    lightly_rows = [r for r in rows if CONTENDERS[r["name"]][0] == "lightly"]
-    ref = max(lightly_rows, key=lambda r: r["mean"]) if lightly_rows else None
+    refs = _refs(rows)
     auto = next((r["auto_precision"] for r in rows if r.get("auto_precision")), None)
     isa = f"AMX {'yes' if mach['amx_bf16'] else 'no'}, avx512_bf16 {'yes' if mach['avx512_bf16'] else 'no'}"
+    methods = sorted({CONTENDERS[r["name"]][2] for r in rows}, key=list(BENCH_METHODS).index)
     out = [
         f"- Machine: {mach['cpu']}, {mach['cores']} cores ({isa}); {a.threads} torch threads in every contender"
         + (f"; precision `auto` resolves to {auto} here" if auto else ""),
@@ -332,18 +410,22 @@ def report(rows: list[dict], a, mach: dict, vers: dict, load: tuple) -> str:
         f"- Command: `{command_line()}`",
         f"- Commit: {git_commit()}; date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Load average (1 min) before/after: {load[0]} / {load[1]}",
-        f"- Setup: Fashion-MNIST train, batch {a.batch_size} (views per step = {2 * a.batch_size}), "
-        f"{BACKBONE} width {WIDTH}, head {PROJ_HIDDEN}->{PROJ_DIM}, NT-Xent T={TEMPERATURE}, AdamW lr {LR}; "
-        f"{a.warmup} warm-up steps skipped, {a.steps} steady steps in {a.repeats} windows; each contender "
-        "in its own process. lightly's workers share the same cores as the training loop.",
+        f"- Setup: Fashion-MNIST train, batch {a.batch_size}, {BACKBONE} width {WIDTH}, heads {PROJ_HIDDEN}->{PROJ_DIM}, "
+        f"AdamW lr {LR}; {a.warmup} warm-up steps skipped, {a.steps} steady steps in {a.repeats} windows; each "
+        "contender in its own process; lightly's workers share the same cores as the training loop. Views per "
+        "step = views per image x batch: " + ", ".join(f"{m} {BENCH_METHODS[m][2]}" for m in methods)
+        + " (SwAV: 2 crops of 28 px + 4 of 12 px). Both sides of a method use the same heads, loss settings and "
+        "momentum (MoCo: queue 8192, T 0.2, symmetric; BYOL: cosine momentum from 0.99; SwAV: 100 prototypes, "
+        "T 0.1, Sinkhorn 0.05 x 3); lightly runs its documented loop with its own per-image transforms.",
         "",
-        table(rows, ref),
+        table(rows, refs),
         "",
     ]
-    if ref:
-        for r in rows:
-            if CONTENDERS[r["name"]][0] == "replearn":
-                out.append(f"- Ratio replearn/lightly ({r['name']} / {ref['name']}): **{r['mean'] / ref['mean']:.2f}x**")
+    for r in rows:
+        fw, _, method = CONTENDERS[r["name"]]
+        if fw == "replearn" and method in refs:
+            ref = refs[method]
+            out.append(f"- {method}: replearn/lightly ({r['name']} / {ref['name']}): **{r['mean'] / ref['mean']:.2f}x**")
     if load[0] is not None and load[0] > 0.5 * mach["cores"]:
         out.append(
             f"- Warning: the machine was busy (load {load[0]} on {mach['cores']} cores): with as many torch threads "
@@ -375,15 +457,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: cores)")
     p.add_argument("--quick", action="store_true", help="smoke check: 2 warm-up + 3 steady steps")
-    p.add_argument("--only", nargs="+", choices=list(CONTENDERS), default=list(CONTENDERS))
+    p.add_argument("--only", nargs="+", choices=list(CONTENDERS), default=None, help="contenders (method/setting)")
+    p.add_argument("--methods", nargs="+", choices=list(BENCH_METHODS), default=list(BENCH_METHODS))
     p.add_argument("--write", metavar="MARKDOWN", help="update the throughput section of this file")
-    p.add_argument("--profile", nargs="?", const="replearn-fp32", choices=list(CONTENDERS), default=None,
+    p.add_argument("--profile", nargs="?", const="simclr/replearn-fp32", choices=list(CONTENDERS), default=None,
                    help="print the top ops (self CPU) of one steady loop iteration of one contender")
     p.add_argument("--child", choices=list(CONTENDERS), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         child(a.child, a)
         return
+    if a.only is None:
+        a.only = [c for c in CONTENDERS if CONTENDERS[c][2] in a.methods]
     if a.quick:
         a.steps, a.warmup, a.repeats = 3, 2, 3
     if a.profile:
