@@ -118,23 +118,24 @@ def table(summary: dict) -> str:
     raw = next((r for r in summary["rows"] if r["name"] == "raw" and "eval" in r), None)
     bar = raw["eval"]["linear"] + 2 if raw else None
     lines = [
-        f"Machine: {summary['machine']}. Commit {summary['commit']}, {summary['date']}. "
+        f"Machine: {summary['machine']}; {summary['date']}; each row's commit is in its last column. "
         f"{summary['parallel']} jobs at a time shared the machine, so seconds and views/s are those of a "
         "shared run (views count every crop, small ones too).",
         "",
-        "| method | kNN | linear | 40 labels | 250 labels | train s | views/s | linear ≥ raw + 2 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | kNN | linear | 40 labels | 250 labels | train s | views/s | linear ≥ raw + 2 | commit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in summary["rows"]:
         if "eval" not in r:
-            lines.append(f"| {r['name']} | failed: see {r['name']}/train.log | | | | | | |")
+            lines.append(f"| {r['name']} | failed: see {r['name']}/train.log | | | | | | | |")
             continue
         e = r["eval"]
         ok = "" if r["name"] == "raw" or bar is None else ("yes" if e["linear"] >= bar else "**no**")
         secs = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
         vps = f"{r['views_per_second']:,.0f}" if r.get("views_per_second") else "-"
         lines.append(
-            f"| {r['name']} | {e['knn']:.1f} | {e['linear']:.1f} | {_few(r, '40')} | {_few(r, '250')} | {secs} | {vps} | {ok} |"
+            f"| {r['name']} | {e['knn']:.1f} | {e['linear']:.1f} | {_few(r, '40')} | {_few(r, '250')} | {secs} | {vps} "
+            f"| {ok} | {r.get('commit', '')} |"
         )
     lines += ["", "Commands (from the repository root; each row's evaluation is `replearn evaluate runs/zoo/NAME`):", ""]
     for r in summary["rows"]:
@@ -152,6 +153,22 @@ def write_section(doc: Path, text: str) -> None:
     else:
         body = body.rstrip() + "\n\n" + block + "\n"
     doc.write_text(body)
+
+
+def save(out: Path, rows: list[dict], args, t0: float) -> dict:
+    order = {n: i for i, n in enumerate(["raw", *all_methods(), *[f"lightly-{m}" for m in LIGHTLY]])}
+    rows.sort(key=lambda r: order.get(r["name"], 99))
+    commit = args.commit or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    for r in rows:
+        r.setdefault("commit", commit)  # each row keeps the commit that produced it
+    summary = {
+        "machine": machine(), "date": datetime.now(UTC).strftime("%Y-%m-%d"), "parallel": args.parallel,
+        "wall_seconds": round(time.perf_counter() - t0), "rows": rows,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def main() -> int:
@@ -183,26 +200,19 @@ def main() -> int:
     names.sort(key=lambda n: (n not in slow, n == "raw"))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    # rows of earlier calls into the same --out are kept (a later call replaces a row of its name)
+    earlier = json.loads((out / "summary.json").read_text())["rows"] if (out / "summary.json").exists() else []
+    rows = [r for r in earlier if r["name"] not in names]
     with ThreadPoolExecutor(args.parallel) as pool:
         futures = {n: pool.submit(job, n, args) for n in names}
-        rows = []
         for n, f in futures.items():
             rows.append(f.result())
+            save(out, rows, args, t0)
             r = rows[-1]
             status = (f"linear {r['eval']['linear']:.1f} knn {r['eval']['knn']:.1f}" if "eval" in r
                       else "trained" if args.train_only and "error" not in r else "FAILED")
             print(f"[{time.perf_counter() - t0:6.0f}s] {n}: {status}", flush=True)
-    order = {n: i for i, n in enumerate(["raw", *all_methods(), *[f"lightly-{m}" for m in LIGHTLY]])}
-    rows.sort(key=lambda r: order.get(r["name"], 99))
-    commit = args.commit or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    summary = {
-        "machine": machine(), "commit": commit or next((r.get("git_commit") for r in rows if r.get("git_commit")), None),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"), "parallel": args.parallel,
-        "wall_seconds": round(time.perf_counter() - t0), "rows": rows,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = save(out, rows, args, t0)
     print(table(summary))
     return 0 if all("eval" in r for r in rows) else 1
 
