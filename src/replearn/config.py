@@ -49,7 +49,7 @@ class PretrainConfig:
     num_nodes: int = 1
     num_workers: int = 0  # DataLoader workers (only for folders decoded lazily)
     knn_monitor: bool = True  # kNN accuracy on a labelled hold-out each epoch, when labels exist
-    collapse_threshold: float = 0.02  # stop when std of normalised embeddings * sqrt(dim) falls below
+    collapse_threshold: float = 0.05  # stop when the spread (std of normalised embeddings * sqrt(dim)) falls below
     limit: int | None = None  # use only the first N images (quick trials)
     labels_csv: str | None = None  # folder labels as a path,label CSV
     groups_csv: str | None = None  # folder group ids as a path,group CSV (the group method's positives)

@@ -10,7 +10,8 @@ logging) lives in ``replearn.train``, which calls, in this order:
                                           ``needs_dataset_features`` (k-means for DeepCluster, PCL)
     set_progress(step, total, epoch, E)   before each step (momentum and temperature schedules)
     make_views(images, recipe, ...)       the batch's views (multi-crop overrides it)
-    training_step(views, index)           -> (loss, logs); logs["features"] feeds the collapse alarm
+    training_step(views, index)           -> (loss, logs); the collapse alarm watches logs["features"]
+                                          (backbone) and logs["embeddings"] (what the loss compares)
     after_step()                          after each optimiser step (EMA update, normalisation)
 
 Method-specific hyper-parameters live in the method's ``Args`` dataclass; users set them with

@@ -45,7 +45,7 @@ class BYOL(Method):
         with torch.no_grad():
             z1, z2 = self.target_projector(self.target_backbone(x)).chunk(2)
         loss = symmetric(normalized_mse, p1, p2, z1, z2)
-        return loss, {"features": h[: len(index)].detach(), "target_momentum": self.momentum}
+        return loss, {"features": h[: len(index)].detach(), "embeddings": p1.detach(), "target_momentum": self.momentum}
 
     @property
     def momentum(self) -> float:

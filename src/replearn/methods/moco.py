@@ -54,7 +54,7 @@ class MoCo(Method):
         loss = (infonce_queue(q1, k2, negatives, t) + infonce_queue(q2, k1, negatives, t)) / 2
         for k in (k1, k2):  # one push per view keeps the queue's order equal for W x N and 1 x W*N
             self.queue.push(torch.nn.functional.normalize(k.float(), dim=1))
-        return loss, {"features": h[: len(index)].detach()}
+        return loss, {"features": h[: len(index)].detach(), "embeddings": q1.detach()}
 
     def after_step(self) -> None:
         ema_update_(self.key_backbone, self.backbone, self.args.momentum)

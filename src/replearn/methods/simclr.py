@@ -27,4 +27,4 @@ class SimCLR(Method):
         h = self.backbone(x)  # (V*N, D)
         z = self.projector(h)  # (V*N, P)
         loss = nt_xent(z, index.repeat(len(views)), self.temperature)
-        return loss, {"features": h.detach()}
+        return loss, {"features": h.detach(), "embeddings": z.detach()}

@@ -44,4 +44,4 @@ class SimSiam(Method):
         p1, p2 = self.predictor(z).chunk(2)
         z1, z2 = (z.detach() if self.stop_gradient else z).chunk(2)
         loss = symmetric(negative_cosine, p1, p2, z1, z2)
-        return loss, {"features": h[: len(index)].detach()}
+        return loss, {"features": h[: len(index)].detach(), "embeddings": p1.detach()}

@@ -47,18 +47,23 @@ class KNNMonitor(pl.Callback):
 
 
 class CollapseGuard(pl.Callback):
-    """Stops the run, before the epoch's checkpoint is written, when the features have collapsed."""
+    """Stops the run, before the epoch's checkpoint is written, when the backbone features or the
+    embeddings the loss compares have collapsed (their spread, see ``module.spread``, fell below
+    the threshold)."""
+
+    WATCHED = {"feature_spread": "backbone features", "embedding_spread": "embeddings the loss compares"}
 
     def __init__(self, threshold: float):
         self.threshold = threshold
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        spread = trainer.callback_metrics.get("feature_spread")
-        if spread is not None and float(spread) < self.threshold:
-            raise Collapsed(
-                f"the embeddings collapsed in epoch {trainer.current_epoch} "
-                f"(feature spread {float(spread):.4f} < {self.threshold})"
-            )
+        for key, what in self.WATCHED.items():
+            spread = trainer.callback_metrics.get(key)
+            if spread is not None and float(spread) < self.threshold:
+                raise Collapsed(
+                    f"the embeddings collapsed in epoch {trainer.current_epoch}: the {what} of all images "
+                    f"are nearly one point (spread {float(spread):.4f} < {self.threshold})"
+                )
 
 
 class EncoderExport(pl.Callback):

@@ -66,6 +66,13 @@ class EpochSampler(Sampler[int]):
         return self.n // self.world
 
 
+def spread(x: torch.Tensor) -> torch.Tensor:
+    """Per-dimension std of the L2-normalised rows of ``x`` (N, D), times sqrt(D): about 1 for
+    vectors spread over the sphere, 0 for a batch collapsed to one point."""
+    z = F.normalize(x.detach().float(), dim=1)
+    return z.std(0).mean() * math.sqrt(z.shape[1])
+
+
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """Augmentation randomness is a function of (seed, step, rank) alone, so resume is exact."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
@@ -140,15 +147,16 @@ class PretrainModule(pl.LightningModule):
             raise NonFiniteLoss(f"the loss became {loss.item()} at step {self.global_step}")
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(index))
         for key, value in logs.items():  # a method's own scalars (loss terms, momentum, temperature)
-            if key != "features" and (isinstance(value, float | int) or (torch.is_tensor(value) and value.numel() == 1)):
+            if key not in ("features", "embeddings") and (isinstance(value, float | int) or (torch.is_tensor(value) and value.numel() == 1)):
                 self.log(key, value.detach().float() if torch.is_tensor(value) else float(value),
                          on_step=False, on_epoch=True, batch_size=len(index))
-        feats = logs.get("features")
-        if feats is not None:
-            # collapse monitor: per-dimension std of normalised features, x sqrt(D) so ~1 when spread
-            z = F.normalize(feats.float(), dim=1)
-            spread = z.std(0).mean() * math.sqrt(z.shape[1])
-            self.log("feature_spread", spread, on_step=False, on_epoch=True, batch_size=len(index))
+        # collapse monitor: per-dimension std of normalised vectors, x sqrt(D) so ~1 when spread out,
+        # 0 when every image maps to one point; of the backbone features and of the vectors the loss
+        # compares (a head can collapse while the backbone keeps some spread: SimSiam without its
+        # stop-gradient)
+        for key, name in (("features", "feature_spread"), ("embeddings", "embedding_spread")):
+            if logs.get(key) is not None:
+                self.log(name, spread(logs[key]), on_step=False, on_epoch=True, batch_size=len(index))
         return loss
 
     def on_train_epoch_start(self) -> None:
