@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from replearn.errors import ReplearnError
-
 from replearn.losses.infonce import infonce_queue
 from replearn.losses.similarity import negative_cosine, normalized_mse, symmetric
 from replearn.methods import METHODS, MethodOptions
