@@ -1,14 +1,11 @@
 """2 processes x batch B on gloo give the same loss and gradients as 1 process x batch 2B."""
 
-import os
-import socket
 
-import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from gloo import in_processes, needs_gloo
 from replearn.losses import nt_xent
 
 B, D_IN, D_OUT = 6, 10, 4
@@ -32,33 +29,17 @@ def _step(model, v1, v2, idx):
     return loss
 
 
-def _worker(rank, world, port, out_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        model = DDP(_model())
-        v1, v2 = _data()
-        sl = slice(rank * B, (rank + 1) * B)
-        loss = _step(model, v1[sl], v2[sl], torch.arange(2 * B)[sl])
-        dist.all_reduce(loss.detach(), op=dist.ReduceOp.SUM)
-        if rank == 0:
-            torch.save({"loss": loss.item() / world, "grads": [p.grad for p in model.parameters()]}, out_path)
-        dist.barrier()  # no rank tears gloo down while another still talks to it (it aborts otherwise)
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, world):
+    model = DDP(_model())
+    v1, v2 = _data()
+    sl = slice(rank * B, (rank + 1) * B)
+    loss = _step(model, v1[sl], v2[sl], torch.arange(2 * B)[sl])
+    dist.all_reduce(loss.detach(), op=dist.ReduceOp.SUM)
+    return {"loss": loss.item() / world, "grads": [p.grad for p in model.parameters()]}
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not dist.is_gloo_available(), reason="gloo backend missing")
-def test_two_processes_equal_one_process_with_double_batch(tmp_path):
-    out = tmp_path / "dist.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    got = torch.load(out)
+@needs_gloo
+def test_two_processes_equal_one_process_with_double_batch():
+    got = in_processes(_worker, 2)[0]
     model = _model()
     v1, v2 = _data()
     loss = _step(model, v1, v2, torch.arange(2 * B))

@@ -1,15 +1,12 @@
 """MoCo on 2 gloo processes x batch B equals 1 process x batch 2B: loss, gradients, queue, key encoder."""
 
-import os
-import socket
 
-import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from gloo import in_processes, needs_gloo
 from replearn.methods import METHODS, MethodOptions
 
 B, D_IN, STEPS = 4, 10, 2
@@ -54,33 +51,16 @@ def _train(model, method, batches, sl):
     return losses, grads
 
 
-def _worker(rank, world, port, out_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        method = _method()
-        losses, grads = _train(DDP(_Step(method)), method, _batches(), slice(rank * B, (rank + 1) * B))
-        for loss in losses:
-            dist.all_reduce(loss, op=dist.ReduceOp.SUM)
-        if rank == 0:
-            got = {"losses": [x.item() / world for x in losses], "grads": grads, "state": method.state_dict()}
-            torch.save(got, out_path)
-        dist.barrier()  # no rank tears gloo down while another still talks to it
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, world):
+    method = _method()
+    losses, grads = _train(DDP(_Step(method)), method, _batches(), slice(rank * B, (rank + 1) * B))
+    for loss in losses:
+        dist.all_reduce(loss, op=dist.ReduceOp.SUM)
+    return {"losses": [x.item() / world for x in losses], "grads": grads, "state": method.state_dict()}
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not dist.is_gloo_available(), reason="gloo backend missing")
-def test_two_processes_equal_one_process_with_double_batch(tmp_path):
-    out = tmp_path / "dist.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    got = torch.load(out)
+@needs_gloo
+def test_two_processes_equal_one_process_with_double_batch():
+    got = in_processes(_worker, 2)[0]
     method = _method()
     losses, grads = _train(_Step(method), method, _batches(), slice(None))
     for a, b in zip(got["losses"], losses, strict=True):

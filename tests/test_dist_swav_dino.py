@@ -1,14 +1,12 @@
 """SwAV and DINO on 2 gloo processes x batch B equal 1 process x batch 2B: Sinkhorn codes, losses,
 gradients, the shared queue, DINO's centre and teacher (BN-free tiny networks)."""
 
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from gloo import in_processes
 from replearn.losses.swav import sinkhorn
 from replearn.methods import METHODS, MethodOptions
 
@@ -68,33 +66,16 @@ def _train(name, sl, world):
     return record
 
 
-def _worker(rank, world, port, out_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        sl = slice(rank * B, (rank + 1) * B)
-        codes = sinkhorn(_scores()[sl], 0.05, 3)
-        parts = [torch.empty_like(codes) for _ in range(world)]
-        dist.all_gather(parts, codes)
-        out = {"codes": torch.cat(parts), "swav": _train("swav", sl, world), "dino": _train("dino", sl, world)}
-        if rank == 0:
-            torch.save(out, out_path)
-        dist.barrier()  # no rank tears gloo down while another still talks to it
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+def _worker(rank, world):
+    sl = slice(rank * B, (rank + 1) * B)
+    codes = sinkhorn(_scores()[sl], 0.05, 3)
+    parts = [torch.empty_like(codes) for _ in range(world)]
+    dist.all_gather(parts, codes)
+    return {"codes": torch.cat(parts), "swav": _train("swav", sl, world), "dino": _train("dino", sl, world)}
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist") / "out.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    return torch.load(out)
+def two_processes():
+    return in_processes(_worker, 2)[0]
 
 
 pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="gloo backend missing")

@@ -2,15 +2,13 @@
 loss against float64 loops, the methods' labels and memory bank, and PIRL on 2 processes."""
 
 import math
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from gloo import in_processes, needs_gloo
 from replearn.errors import ReplearnError
 from replearn.losses.pirl import pirl_nce
 from replearn.methods import METHODS, MethodOptions
@@ -293,32 +291,16 @@ def _pirl_steps(method, views, index, world):
     return losses, grads
 
 
-def _pirl_worker(rank, world, port, out_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        method = _pirl_bn_free()
-        sl = slice(rank * B, (rank + 1) * B)
-        views = [v[sl] for v in _pirl_data()]
-        losses, grads = _pirl_steps(method, views, torch.arange(2, 2 + 2 * B)[sl], world)
-        if rank == 0:
-            torch.save({"losses": losses, "grads": grads, "bank": method.memory.bank}, out_path)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _pirl_worker(rank, world):
+    method = _pirl_bn_free()
+    sl = slice(rank * B, (rank + 1) * B)
+    views = [v[sl] for v in _pirl_data()]
+    losses, grads = _pirl_steps(method, views, torch.arange(2, 2 + 2 * B)[sl], world)
+    return {"losses": losses, "grads": grads, "bank": method.memory.bank}
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not dist.is_gloo_available(), reason="gloo backend missing")
-def test_pirl_two_processes_equal_one_process_with_double_batch(tmp_path):
-    out = tmp_path / "pirl.pt"
-    mp.spawn(_pirl_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    got = torch.load(out)
+@needs_gloo
+def test_pirl_two_processes_equal_one_process_with_double_batch():
+    got = in_processes(_pirl_worker, 2)[0]
     method = _pirl_bn_free()
     losses, grads = _pirl_steps(method, _pirl_data(), torch.arange(2, 2 + 2 * B), 1)
     for step in range(2):

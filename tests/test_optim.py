@@ -11,7 +11,7 @@ def test_lars_step_matches_hand_computation():
     opt = LARS([{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0, "lars_exclude": True}],
                lr=0.5, momentum=0.9, eta=0.02)
     g_w, g_b = torch.tensor([0.6, -0.8], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64)
-    for step in range(2):
+    for _ in range(2):
         w.grad, b.grad = g_w.clone(), g_b.clone()
         opt.step()
     # by hand: d = g + wd * w; trust = eta * ||w|| / ||d||; buf = 0.9 * buf + trust * d; w -= lr * buf
