@@ -20,6 +20,7 @@ from replearn.views import eval_view, recipe
 TINY = dict(data="digits", backbone="convnet", width=8, batch_size=64, limit=256, knn_monitor=False, precision="32")
 
 
+@pytest.mark.filterwarnings("ignore:digits has no group ids")  # group falls back to instance groups
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_trains_two_steps(name):
     """For every registered method, two CPU steps on tiny data: a finite loss, a gradient for every
