@@ -206,9 +206,9 @@ def main() -> int:
     with ThreadPoolExecutor(args.parallel) as pool:
         futures = {n: pool.submit(job, n, args) for n in names}
         for n, f in futures.items():
-            rows.append(f.result())
-            save(out, rows, args, t0)
-            r = rows[-1]
+            r = f.result()
+            rows.append(r)
+            save(out, rows, args, t0)  # sorts rows
             status = (f"linear {r['eval']['linear']:.1f} knn {r['eval']['knn']:.1f}" if "eval" in r
                       else "trained" if args.train_only and "error" not in r else "FAILED")
             print(f"[{time.perf_counter() - t0:6.0f}s] {n}: {status}", flush=True)
