@@ -106,7 +106,11 @@ def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{gpu}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); torch {torch.__version__}"
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{gpu}; {os.cpu_count()} CPU cores ({cpu}); torch {torch.__version__}"
 
 
 def _few(r: dict, k: str) -> str:
@@ -119,8 +123,9 @@ def table(summary: dict) -> str:
     bar = raw["eval"]["linear"] + 2 if raw else None
     lines = [
         f"Machine: {summary['machine']}; {summary['date']}; each row's commit is in its last column. "
-        f"{summary['parallel']} jobs at a time shared the machine, so seconds and views/s are those of a "
-        "shared run (views count every crop, small ones too).",
+        + (f"{summary['parallel']} jobs at a time shared the machine, so seconds and views/s are those of a shared run"
+           if summary["parallel"] > 1 else "One job at a time")
+        + " (views count every crop, small ones too).",
         "",
         "| method | kNN | linear | 40 labels | 250 labels | train s | views/s | linear ≥ raw + 2 | commit |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -137,7 +142,7 @@ def table(summary: dict) -> str:
             f"| {r['name']} | {e['knn']:.1f} | {e['linear']:.1f} | {_few(r, '40')} | {_few(r, '250')} | {secs} | {vps} "
             f"| {ok} | {r.get('commit', '')} |"
         )
-    lines += ["", "Commands (from the repository root; each row's evaluation is `replearn evaluate runs/zoo/NAME`):", ""]
+    lines += ["", "Commands (from the repository root; each row's evaluation is `replearn evaluate` of its --out):", ""]
     for r in summary["rows"]:
         if r.get("train_cmd"):
             lines.append(f"- {r['name']}: `{r['train_cmd'].replace(str(ROOT) + '/', '')}`")
