@@ -37,10 +37,6 @@ class Queue(nn.Module):
             self.ptr.copy_((self.ptr + k) % size)
         self.filled.copy_(torch.clamp(self.filled + k, max=size))
 
-    def valid(self) -> torch.Tensor:
-        """The keys pushed so far (the random initial rows are left out until overwritten)."""
-        return self.items if int(self.filled) >= len(self) else self.items[: int(self.filled)]
-
 
 class MemoryBank(nn.Module):
     """One vector per dataset image, updated as ``bank[i] <- normalize(m * bank[i] + (1 - m) * x)``
