@@ -72,6 +72,7 @@ def job(name: str, args) -> dict:
                  "--out", str(out), "--knn-monitor", "false", *smoke]
         cmd = [py, "-m", "replearn", "evaluate", str(out)]
     out.mkdir(parents=True, exist_ok=True)
+    row["jobs_at_once"], row["train_threads"] = args.jobs_at_once, args.train_threads
     if name != "raw":
         row["train_cmd"] = " ".join(["replearn", *train[3:]] if train[1] == "-m" else ["python", *train[1:]])
         if not (out / "encoder.pt").exists() or args.retrain:
@@ -121,11 +122,14 @@ def _few(r: dict, k: str) -> str:
 def table(summary: dict) -> str:
     raw = next((r for r in summary["rows"] if r["name"] == "raw" and "eval" in r), None)
     bar = raw["eval"]["linear"] + 2 if raw else None
+    shared = {(r.get("jobs_at_once", summary["parallel"]), r.get("train_threads")) for r in summary["rows"]}
+    shared = sorted(s for s in shared if s[0] > 1)
     lines = [
         f"Machine: {summary['machine']}; {summary['date']}; each row's commit is in its last column. "
-        + (f"{summary['parallel']} jobs at a time shared the machine, so seconds and views/s are those of a shared run"
-           if summary["parallel"] > 1 else "One job at a time")
-        + " (views count every crop, small ones too).",
+        "Views count every crop, small ones too. "
+        + (" ".join(f"Rows marked † trained {n} jobs at a time ({t} thread(s) each), so their seconds and views/s "
+                    "are those of a run sharing the machine." for n, t in shared)
+           if shared else "One job at a time."),
         "",
         "| method | kNN | linear | 40 labels | 250 labels | train s | views/s | linear ≥ raw + 2 | commit |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -137,6 +141,8 @@ def table(summary: dict) -> str:
         e = r["eval"]
         ok = "" if r["name"] == "raw" or bar is None else ("yes" if e["linear"] >= bar else "**no**")
         secs = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
+        if r.get("jobs_at_once", summary["parallel"]) > 1 and r.get("train_seconds"):
+            secs += " †"
         vps = f"{r['views_per_second']:,.0f}" if r.get("views_per_second") else "-"
         lines.append(
             f"| {r['name']} | {e['knn']:.1f} | {e['linear']:.1f} | {_few(r, '40')} | {_few(r, '250')} | {secs} | {vps} "
@@ -191,6 +197,7 @@ def main() -> int:
     p.add_argument("--commit", default=None, help="the commit to name (default: git's HEAD)")
     p.add_argument("--write", default=None, help="write the table into this markdown file and stop")
     args = p.parse_args()
+    args.jobs_at_once = args.parallel
     out = Path(args.out)
     if args.write:
         summary = json.loads((out / "summary.json").read_text())
@@ -203,11 +210,14 @@ def main() -> int:
     # the longest first: multi-crop and clustering methods, then the rest
     slow = ("swav", "dino", "deepcluster", "pcl", "jigsaw", "pirl", "cpc")
     names.sort(key=lambda n: (n not in slow, n == "raw"))
+    args.jobs_at_once = min(args.parallel, len(names))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     # rows of earlier calls into the same --out are kept (a later call replaces a row of its name)
-    earlier = json.loads((out / "summary.json").read_text())["rows"] if (out / "summary.json").exists() else []
-    rows = [r for r in earlier if r["name"] not in names]
+    earlier = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {"rows": []}
+    for r in earlier["rows"]:  # rows of earlier calls keep the sharing of the call that made them
+        r.setdefault("jobs_at_once", earlier.get("parallel", 1))
+    rows = [r for r in earlier["rows"] if r["name"] not in names]
     with ThreadPoolExecutor(args.parallel) as pool:
         futures = {n: pool.submit(job, n, args) for n in names}
         for n, f in futures.items():

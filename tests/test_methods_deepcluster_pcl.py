@@ -151,6 +151,8 @@ class _Record(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self.starts.append({k: v.detach().clone() for k, v in pl_module.method.state_dict().items()})
         self.starts[-1]["weights"] = pl_module.method.sample_weights()
+        state = trainer.optimizers[0].state  # which parameters carry optimiser moments into this epoch
+        self.starts[-1]["has_moments"] = {n: p in state for n, p in pl_module.method.named_parameters()}
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.ends.append({k: v.detach().clone() for k, v in pl_module.method.state_dict().items()})
@@ -212,6 +214,11 @@ def test_deepcluster_reclusters_and_redraws_its_head_each_epoch(deepcluster_runs
     assert not torch.equal(rec.ends[0]["head.weight"], s1["head.weight"])  # trained head thrown away ...
     torch.testing.assert_close(s1["head.weight"], fresh.head.weight.detach(), atol=0, rtol=0)  # ... redrawn
     assert (s1["head.bias"] == 0).all()
+    # the redrawn head starts epoch 1 without AdamW moments; the backbone keeps its own
+    moments = s1["has_moments"]
+    assert not moments["head.weight"] and not moments["head.bias"]
+    assert all(has for n, has in moments.items() if n.startswith("backbone."))
+    assert not any(s0["has_moments"].values())  # nothing stepped before epoch 0
 
 
 def test_deepcluster_resume_equals_uninterrupted(deepcluster_runs):

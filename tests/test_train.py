@@ -164,3 +164,35 @@ def test_cli_resume_takes_a_longer_epochs_from_the_command_line(tmp_path):
     assert yaml.safe_load(open(f"{out}/config.yaml"))["epochs"] == 2
     assert torch.load(f"{out}/last.ckpt", weights_only=False)["epoch"] == 1
     assert main(["pretrain", "--out", out, "--resume", "--epochs", "two"]) == 2  # checked like any option
+
+
+def test_epoch_sampler_is_a_seeded_split_permutation_or_a_weighted_draw():
+    from replearn.train.module import EpochSampler
+
+    ranks = [EpochSampler(10, seed=3, rank=r, world=2) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(1)
+    a, b = (list(s) for s in ranks)
+    assert len(a) == len(b) == 5 and sorted(a + b) == list(range(10))  # disjoint halves of one permutation
+    assert a == list(ranks[0])  # a function of (seed, epoch) alone
+    ranks[0].set_epoch(2)
+    assert list(ranks[0]) != a
+
+    asked = []
+
+    def weights():  # index 0 and 9 never, index 4 nine times as often as each other one
+        asked.append(1)
+        w = torch.ones(10, dtype=torch.float64)
+        w[[0, 9]], w[4] = 0, 9
+        return w
+
+    s = EpochSampler(10, seed=0, weights=weights)
+    counts = torch.zeros(10)
+    for epoch in range(400):
+        s.set_epoch(epoch)
+        for i in s:
+            counts[i] += 1
+    assert len(asked) == 400  # asked again at every epoch's start
+    assert counts[0] == counts[9] == 0 and counts.sum() == 4000
+    share = counts / counts.sum()
+    assert abs(share[4].item() - 9 / 16) < 0.03 and all(abs(share[i].item() - 1 / 16) < 0.02 for i in (1, 2, 3, 5))
