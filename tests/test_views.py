@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from replearn.views import eval_view, ops, recipe
+from replearn.views import eval_view, ops, recipe, recipes
 
 
 def _gen(seed=0):
@@ -115,3 +115,25 @@ def test_views_run_on_the_batch_device_and_dtype():
     v = recipe("simclr")(img, 12, (0.5,) * 3, (0.5,) * 3, _gen())
     assert v.shape == (4, 3, 12, 12) and v.dtype == torch.float32
     assert math.isfinite(v.sum().item())
+
+
+def test_translate_reflect_matches_a_per_sample_pad_and_crop():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 2, 9, 11, generator=g)
+    got = ops.translate_reflect(x, 3, torch.Generator().manual_seed(5))
+    # the same offsets, drawn as the op draws them, applied one sample at a time
+    off = torch.randint(0, 7, (6, 2), generator=torch.Generator().manual_seed(5))
+    for i in range(6):
+        padded = torch.nn.functional.pad(x[i : i + 1], (3, 3, 3, 3), mode="reflect")[0]
+        dy, dx = off[i].tolist()
+        torch.testing.assert_close(got[i], padded[:, dy : dy + 9, dx : dx + 11], atol=0, rtol=0)
+    assert torch.equal(ops.translate_reflect(x, 0, g), x)
+    assert len({tuple(o) for o in off.tolist()}) > 1  # the samples do get different shifts
+
+
+def test_weak_view_flips_and_shifts_only():
+    x = torch.randint(0, 256, (64, 1, 16, 16), dtype=torch.uint8)
+    v = recipes.weak_view(x, (0.0,), (1.0,), torch.Generator().manual_seed(0), max_shift_frac=0.0)
+    flipped = [bool(torch.equal(v[i], x[i].flip(2).float() / 255)) for i in range(64)]
+    same = [bool(torch.equal(v[i], x[i].float() / 255)) for i in range(64)]
+    assert all(a != b for a, b in zip(flipped, same, strict=True)) and 16 < sum(flipped) < 48

@@ -226,3 +226,17 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - m) / s
+
+
+def translate_reflect(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
+    """Shift each sample by its own whole-pixel offset (dy, dx), each uniform in [-max_shift,
+    max_shift], filling from a reflect-padded border: FixMatch's weak "pad and random crop"."""
+    if max_shift <= 0:
+        return x
+    n, _, height, width = x.shape
+    pad = F.pad(x, (max_shift,) * 4, mode="reflect")
+    off = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=g, device=x.device)
+    rows = off[:, 0, None] + torch.arange(height, device=x.device)  # (N, H) rows of the padded image
+    cols = off[:, 1, None] + torch.arange(width, device=x.device)  # (N, W)
+    nidx = torch.arange(n, device=x.device)[:, None, None]
+    return pad.permute(0, 2, 3, 1)[nidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
