@@ -56,6 +56,36 @@ class PretrainConfig:
 
 
 @dataclass
+class SemiConfig:
+    """Semi-supervised training of a classifier from a few labels and many unlabelled images."""
+
+    data: str = "fashion-mnist"  # built-in name, image folder, or .npy/.npz file (its train split)
+    out: str = "runs/semisup"  # run folder
+    method: str = "fixmatch"
+    method_args: dict[str, Any] = field(default_factory=dict)  # the method's own, e.g. threshold=0.9
+    labels: str | None = None  # CSV of the labelled images: rows path,label
+    labels_per_class: int | None = None  # or draw this many labelled images per class from the data's labels
+    seed: int = 0  # draws the labels (with labels_per_class) and seeds training
+    init: str | None = None  # start the backbone from this pretraining run (or its encoder.pt)
+    backbone: str = "convnet"  # without --init: convnet | resnet18 | resnet50 | package.module:function
+    width: int = 32  # convnet width
+    small_stem: bool = True
+    image_size: int | None = None  # default: the data's own size (folders: 64)
+    steps: int = 2000  # optimiser steps in all
+    batch_size: int = 64  # labelled images per step
+    mu: int = 7  # unlabelled images per labelled one in a step
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd: Nesterov momentum 0.9, as FixMatch
+    lr: float = 0.03
+    weight_decay: float = 5e-4
+    ema: float = 0.999  # momentum of the EMA model that is evaluated and exported
+    precision: Literal["auto", "32", "bf16", "16"] = "auto"
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    limit: int | None = None  # use only the first N images (quick trials)
+
+
+@dataclass
 class EvaluateConfig:
     """Frozen-encoder evaluation by the benchmark protocol."""
 

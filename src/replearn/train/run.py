@@ -78,18 +78,20 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _resolve(config: PretrainConfig | None, resume: bool, overrides: dict) -> PretrainConfig:
+def _resolve(config, resume: bool, overrides: dict, cls=PretrainConfig):
+    """The run's config: ``config`` (or the defaults of ``cls``) plus ``overrides``; with ``resume``,
+    the config saved in the run folder plus what this call changes."""
     if resume:
-        out = Path(overrides.get("out") or (config.out if config else PretrainConfig.out))
+        out = Path(overrides.get("out") or (config.out if config else cls.out))
         saved = out / "config.yaml"
         if not (out / "last.ckpt").exists() or not saved.exists():
             raise ReplearnError(f"nothing to resume in {out}: no last.ckpt", "check --out, or start without --resume")
         # the saved config, then what this call changes (a config's non-defaults, then overrides),
         # all through make_config so a command-line string such as "20" is checked and converted
-        changed = {k: v for k, v in (to_dict(config) if config else {}).items() if v != getattr(PretrainConfig(), k)}
-        return make_config(PretrainConfig, saved, {**changed, **overrides})
-    cfg = config or PretrainConfig()
-    return make_config(PretrainConfig, None, {**to_dict(cfg), **overrides})
+        changed = {k: v for k, v in (to_dict(config) if config else {}).items() if v != getattr(cls(), k)}
+        return make_config(cls, saved, {**changed, **overrides})
+    cfg = config or cls()
+    return make_config(cls, None, {**to_dict(cfg), **overrides})
 
 
 def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, callbacks=(), **overrides) -> Path:

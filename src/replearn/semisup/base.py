@@ -1,0 +1,156 @@
+"""The semi-supervised method contract and registry.
+
+A method is an ``nn.Module`` holding the classifier being trained (``net``: backbone + linear
+layer), the EMA copy of it that is evaluated and exported (``ema``, every method has one), and its
+own state (running means, augmentation weights) as buffers, so checkpoints carry everything.
+``replearn.train.semisup`` calls, in this order:
+
+    set_progress(step, total)         before each step (ramp-ups and schedules)
+    training_step(batch)              -> (loss, logs); ``batch`` is a ``SemiBatch`` of uint8 images:
+                                      the method draws its own weak/strong views from them
+    after_step()                      after each optimiser step (the EMA update)
+
+``logs`` may hold scalars (logged per epoch) and ``pseudo``: (labels (N,), mask (N,)) of the
+unlabelled batch, which the trainer scores against the true labels where the data has them
+(a monitor only: no method ever sees those labels).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from replearn.methods.base import parse_args
+from replearn.nn.momentum import ema_update_, frozen_copy
+from replearn.registry import Registry
+from replearn.views import weak_view
+
+SEMI: Registry = Registry("semi-supervised method")
+
+
+@dataclass
+class SemiOptions:
+    n_classes: int
+    ema: float = 0.999  # momentum of the evaluated EMA model
+    args: dict[str, Any] = field(default_factory=dict)  # checked against the method's Args
+
+
+@dataclass
+class SemiBatch:
+    """One step's data: labelled images and labels, unlabelled images, and how to make views."""
+
+    x_l: torch.Tensor  # uint8 (B, C, H, W)
+    y_l: torch.Tensor  # int64 (B,)
+    x_u: torch.Tensor  # uint8 (mu*B, C, H, W)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    g: torch.Generator  # on the images' device, seeded by (seed, step, rank)
+
+    def weak(self, x: torch.Tensor) -> torch.Tensor:
+        return weak_view(x, self.mean, self.std, self.g)
+
+
+class Classifier(nn.Module):
+    """backbone -> linear layer: the model a semi-supervised run trains and exports."""
+
+    def __init__(self, backbone: nn.Module, n_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(int(backbone.out_dim), n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def ramp(progress: float, length: float) -> float:
+    """The sigmoid ramp-up exp(-5 (1 - t)^2), t = progress / length clipped to [0, 1] (Laine &
+    Aila; Mean Teacher; MixMatch uses a linear one): 0.0067 at the start, 1 from ``length`` on."""
+    if length <= 0:
+        return 1.0
+    t = min(1.0, max(0.0, progress / length))
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+class SemiMethod(nn.Module):
+    paper: str = ""
+
+    @dataclass
+    class Args:
+        """Method-specific hyper-parameters (none here)."""
+
+    def __init__(self, backbone: nn.Module, opts: SemiOptions):
+        super().__init__()
+        name = getattr(type(self), "registered_name", type(self).__name__.lower())
+        self.args = parse_args(type(self).Args, opts.args, name)
+        self.n_classes, self.ema_momentum = opts.n_classes, opts.ema
+        self.net = Classifier(backbone, opts.n_classes)
+        self.ema = frozen_copy(self.net)
+        self.step, self.total_steps = 0, 1
+
+    def set_progress(self, step: int, total_steps: int) -> None:
+        self.step, self.total_steps = step, max(1, total_steps)
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.step / self.total_steps)
+
+    def training_step(self, batch: SemiBatch) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        ema_update_(self.ema, self.net, self.ema_momentum)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the EMA model in eval mode (what evaluation and ``predict`` use)."""
+        was = self.ema.training
+        self.ema.eval()
+        try:
+            return self.ema(x)
+        finally:
+            self.ema.train(was)
+
+    def forward_all(self, *views: torch.Tensor) -> list[torch.Tensor]:
+        """One forward pass of the concatenated views (shared batch-norm statistics, as the papers
+        do), split back into the views' logits, in float32."""
+        logits = self.net(torch.cat(views).contiguous(memory_format=torch.channels_last)).float()
+        return list(logits.split([len(v) for v in views]))
+
+
+CLASSIFIER_FORMAT = "replearn-classifier-1"
+
+
+def save_classifier(path, net: Classifier, spec: dict, classes: list[str]) -> None:
+    """Write a classifier's weights plus what rebuilds it (plain types, loadable with weights_only)."""
+    from replearn.fileio import atomic_torch_save
+
+    payload = {"format": CLASSIFIER_FORMAT, "spec": dict(spec), "classes": list(classes), "state_dict": net.state_dict()}
+    atomic_torch_save(payload, path)
+
+
+def load_classifier(path, map_location="cpu") -> tuple[Classifier, dict, list[str]]:
+    """Rebuild the classifier of a ``replearn semisup`` run (its folder or classifier.pt), in eval
+    mode; returns (classifier, spec, class names)."""
+    from pathlib import Path
+
+    from replearn.errors import ReplearnError
+    from replearn.nn import build_backbone
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "classifier.pt"
+    if not p.exists():
+        raise ReplearnError(f"no classifier at {p}", "pass a run folder made by 'replearn semisup' or its classifier.pt")
+    payload = torch.load(p, map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
+        raise ReplearnError(f"{p} is not a replearn classifier file")
+    spec, classes = payload["spec"], payload["classes"]
+    backbone = build_backbone(spec["backbone"], spec["channels"], spec["image_size"], spec["width"], spec["small_stem"])
+    net = Classifier(backbone, len(classes))
+    net.load_state_dict(payload["state_dict"])
+    net.eval()
+    return net, spec, classes

@@ -1,0 +1,173 @@
+"""Semi-supervised training: labelled splits, the labelled batch order, every method's step, the run
+folder, resume and --init."""
+
+import csv
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from replearn.data import load_data
+from replearn.data.imageset import ImageSet
+from replearn.data.labels import LabelledSplit, check_split, draw_per_class, read_label_csv
+from replearn.errors import ReplearnError
+from replearn.nn import build_backbone, load_encoder
+from replearn.semisup import SEMI, SemiBatch, SemiOptions
+from replearn.semisup.base import load_classifier, ramp
+from replearn.train.run import pretrain
+from replearn.train.semisup import semisup, stream_positions
+
+TINY = dict(data="digits", width=8, batch_size=16, mu=2, limit=256, precision="32")
+
+
+# -- the labelled part -------------------------------------------------------------------------
+def test_draw_per_class_is_seeded_and_stratified():
+    data = load_data("digits", "train")
+    a, b = draw_per_class(data, 4, seed=0), draw_per_class(data, 4, seed=0)
+    assert torch.equal(a.index, b.index) and a.per_class().tolist() == [4] * 10
+    assert torch.equal(data.labels[a.index], a.labels)  # the data's own labels
+    assert not torch.equal(a.index, draw_per_class(data, 4, seed=1).index)
+    with pytest.raises(ReplearnError, match="fewer than --labels-per-class"):
+        draw_per_class(data.subset(torch.arange(30)), 4, seed=0)
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return str(path)
+
+
+def test_label_csv_reads_names_and_refuses_bad_rows(tmp_path):
+    data = load_data("digits", "train").subset(torch.arange(40))
+    ids = data.ids
+    # data with classes of its own: labels are those class names, the header row is skipped
+    first = [int(torch.nonzero(data.labels == c)[0]) for c in range(10)]
+    rows = [["path", "label"]] + [[ids[i], str(c)] for c, i in enumerate(first)]
+    ok = read_label_csv(data, _write(tmp_path / "a.csv", rows))
+    assert ok.classes == [str(i) for i in range(10)] and ok.index.tolist() == first and ok.labels.tolist() == list(range(10))
+    with pytest.raises(ReplearnError, match="no image of class '9'"):  # the data has ten classes
+        read_label_csv(data, _write(tmp_path / "a1.csv", rows[:-1]))
+    with pytest.raises(ReplearnError, match="not a class of the data"):
+        read_label_csv(data, _write(tmp_path / "a2.csv", [[ids[0], "cat"]]))
+    # unlabelled data: names become classes in sorted order
+    bare = ImageSet(ids=ids, labels=torch.full((40,), -1), name="bare", channels=1, size=8, images=data.images)
+    named = read_label_csv(bare, _write(tmp_path / "n.csv", [[ids[0], "dog"], [ids[1], "cat"], [ids[2], "dog"]]))
+    assert named.classes == ["cat", "dog"] and named.labels.tolist() == [1, 0, 1]
+    with pytest.raises(ReplearnError, match="names no image"):
+        read_label_csv(data, _write(tmp_path / "b.csv", [[ids[0], "3"], ["nope.png", "4"]]))
+    with pytest.raises(ReplearnError, match="more than once"):
+        read_label_csv(data, _write(tmp_path / "c.csv", [[ids[0], "3"], [ids[0], "3"]]))
+    with pytest.raises(ReplearnError, match="has no label"):
+        read_label_csv(data, _write(tmp_path / "d.csv", [[ids[0], ""]]))
+    # integer labels 0 and 2 on unlabelled data: class 1 has no labelled image
+    with pytest.raises(ReplearnError, match="no image of class '1'"):
+        read_label_csv(bare, _write(tmp_path / "e.csv", [[ids[0], "0"], [ids[1], "2"]]))
+    with pytest.raises(ReplearnError, match="3 labels for 10 classes"):
+        check_split(LabelledSplit(torch.arange(3), torch.tensor([0, 1, 2]), [str(i) for i in range(10)]))
+
+
+def test_stream_positions_cover_each_image_once_per_pass_and_split_ranks():
+    n, b = 10, 4
+    seq = torch.cat([stream_positions(s, b, n, seed=3) for s in range(5)])  # 20 draws = 2 passes
+    assert sorted(seq[:10].tolist()) == list(range(10)) and sorted(seq[10:].tolist()) == list(range(10))
+    assert seq[:10].tolist() != seq[10:].tolist()  # a new order each pass
+    assert torch.equal(stream_positions(3, b, n, seed=3), seq[12:16])  # a function of the step alone
+    # two ranks take alternate slices of the same sequence
+    r0, r1 = stream_positions(1, b, n, 3, rank=0, world=2), stream_positions(1, b, n, 3, rank=1, world=2)
+    assert torch.equal(torch.cat([r0, r1]), seq[8:16])
+
+
+def test_ramp_values():
+    assert ramp(0.0, 0.4) == pytest.approx(torch.exp(torch.tensor(-5.0)).item())
+    assert ramp(0.2, 0.4) == pytest.approx(torch.exp(torch.tensor(-1.25)).item())
+    assert ramp(0.4, 0.4) == ramp(0.9, 0.4) == ramp(0.1, 0.0) == 1.0
+
+
+# -- every method: two steps ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", SEMI.names())
+def test_every_semisup_method_trains_two_steps(name):
+    torch.manual_seed(0)
+    data = load_data("digits", "train")
+    method = SEMI.get(name)(build_backbone("convnet", 1, 8, width=8), SemiOptions(n_classes=10))
+    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05)
+    ema_before = {n: p.detach().clone() for n, p in method.ema.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    for step in range(2):
+        method.set_progress(step + 10, 20)  # past the ramp-ups, so the unlabelled terms count
+        b = SemiBatch(data.images[:16], data.labels[:16], data.images[16:48], data.mean, data.std, g)
+        loss, logs = method.training_step(b)
+        assert torch.isfinite(loss) and loss.dtype == torch.float32
+        opt.zero_grad()
+        loss.backward()
+        for n, p in method.net.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: {n} got no gradient"
+        assert all(p.grad is None for p in method.ema.parameters()), f"{name}: the EMA model got a gradient"
+        opt.step()
+        method.after_step()
+    assert any(not torch.equal(ema_before[n], p) for n, p in method.ema.named_parameters()), f"{name}: EMA never moves"
+    labels, mask = logs["pseudo"]
+    assert labels.shape == mask.shape == (32,)
+    assert "loss_u" in logs and torch.isfinite(logs["loss_u"])
+
+
+# -- the run: folder, resume, --init --------------------------------------------------------------
+class _Crash(pl.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("semisup")
+    common = dict(labels_per_class=2, method="pseudolabel", steps=20, method_args={"threshold": 0.5}, **TINY)
+    straight = semisup(out=str(tmp / "straight"), **common)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        semisup(out=str(tmp / "cut"), callbacks=[_Crash()], **common)
+    resumed = semisup(out=str(tmp / "cut"), resume=True)
+    return tmp, straight, resumed
+
+
+def test_run_folder_holds_the_classifier_and_the_labels_used(runs):
+    _, run, _ = runs
+    for name in ("classifier.pt", "encoder.pt", "labels.csv", "config.yaml", "meta.json", "last.ckpt", "metrics.csv"):
+        assert (run / name).exists(), name
+    net, spec, classes = load_classifier(run)
+    assert classes == [str(i) for i in range(10)] and spec["method"] == "pseudolabel"
+    data = load_data("digits", "train").subset(torch.arange(256))
+    rows = list(csv.DictReader(open(run / "labels.csv")))
+    assert len(rows) == 20 and [r["id"] for r in rows] == [data.ids[i] for i in draw_per_class(data, 2, 0).index]
+    x = (data.images[:8].float() / 255 - data.mean[0]) / data.std[0]
+    assert net(x).shape == (8, 10)
+    enc, _ = load_encoder(run)  # the EMA model's backbone, for probes and embeddings
+    torch.testing.assert_close(enc(x), net.backbone(x))
+
+
+def test_semisup_resume_equals_uninterrupted(runs):
+    _, straight, resumed = runs
+    a = torch.load(straight / "last.ckpt", weights_only=False)
+    b = torch.load(resumed / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 20
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], atol=0, rtol=0, msg=key)
+
+
+def test_init_starts_from_the_pretrained_encoder(runs, tmp_path):
+    tmp = runs[0]
+    pre = pretrain(out=str(tmp_path / "pre"), data="digits", width=8, batch_size=64, limit=256, epochs=1,
+                   knn_monitor=False, precision="32")
+    enc, _ = load_encoder(pre)
+
+    class _First(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.start = {k: v.clone() for k, v in pl_module.method.net.backbone.state_dict().items()}
+
+    first = _First()
+    semisup(out=str(tmp_path / "ft"), init=str(pre), labels_per_class=2, method="pseudolabel", steps=2,
+            callbacks=[first], **TINY)
+    for k, v in enc.state_dict().items():
+        torch.testing.assert_close(first.start[k], v, atol=0, rtol=0, msg=k)
+    with pytest.raises(ReplearnError, match="no labels given"):
+        semisup(out=str(tmp_path / "x"), method="pseudolabel", steps=2, **TINY)
+    with pytest.raises(ReplearnError, match="already holds a run"):
+        semisup(out=str(tmp / "straight"), labels_per_class=2, steps=2, **TINY)
