@@ -171,3 +171,73 @@ def test_init_starts_from_the_pretrained_encoder(runs, tmp_path):
         semisup(out=str(tmp_path / "x"), method="pseudolabel", steps=2, **TINY)
     with pytest.raises(ReplearnError, match="already holds a run"):
         semisup(out=str(tmp / "straight"), labels_per_class=2, steps=2, **TINY)
+
+
+# -- the command line: semisup -> predict -> evaluate ----------------------------------------------
+def _cli(*args):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "replearn", *args], capture_output=True, text=True, timeout=600)
+    return p.returncode, p.stdout, p.stderr
+
+
+def _one_line_error(code, err):
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_semisup_and_predict_on_folders_end_to_end(tmp_path):
+    from imagefactory import make_bad_image_folder, make_class_folder
+
+    train = tmp_path / "train"
+    make_class_folder(train, {"cat": 24, "dog": 24}, size=16)
+    run = tmp_path / "run"
+    common = ["--data", str(train), "--image-size", "16", "--width", "4", "--batch-size", "4", "--mu", "2",
+              "--precision", "32", "--method", "pseudolabel"]
+    # the user's mistakes: one line each, nothing written
+    assert "no labels given" in _one_line_error(*_cli("semisup", *common, "--out", str(run))[::2])
+    assert "fewer than --labels-per-class 30" in _one_line_error(
+        *_cli("semisup", *common, "--labels-per-class", "30", "--out", str(run))[::2])
+    bad_csv = tmp_path / "labels.csv"
+    bad_csv.write_text("path,label\ncat/000.png,cat\ndog/000.png,dog\ncat/999.png,cat\n")
+    assert "'cat/999.png' names no image" in _one_line_error(
+        *_cli("semisup", *common, "--labels", str(bad_csv), "--out", str(run))[::2])
+    assert "unknown semi-supervised method" in _one_line_error(
+        *_cli("semisup", *common, "--labels-per-class", "2", "--method", "fixmatc", "--out", str(run))[::2])
+    assert not run.exists()
+    # a run from a label CSV
+    bad_csv.write_text("path,label\ncat/000.png,cat\ndog/000.png,dog\ncat/001.png,cat\n")
+    code, out, err = _cli("semisup", *common, "--labels", str(bad_csv), "--steps", "4", "--out", str(run))
+    assert code == 0, err
+    assert "done:" in out and (run / "classifier.pt").exists()
+    assert [r["id"] for r in csv.DictReader(open(run / "labels.csv"))] == ["cat/000.png", "dog/000.png", "cat/001.png"]
+    # predict on a folder of awkward files: the readable ones get a row, the rest are listed
+    new = tmp_path / "new"
+    expected = make_bad_image_folder(new)
+    preds = tmp_path / "out" / "predictions.csv"
+    code, out, err = _cli("predict", str(run), "--data", str(new), "--out", str(preds))
+    assert code == 0, err
+    rows = list(csv.DictReader(open(preds)))
+    assert sorted(r["path"] for r in rows) == sorted(expected["good"])
+    assert {r["label"] for r in rows} <= {"cat", "dog"} and all(0.5 <= float(r["confidence"]) <= 1 for r in rows)
+    skipped = list(csv.DictReader(open(preds.with_name("predictions.skipped.csv"))))
+    assert sorted(r["path"] for r in skipped) == sorted(expected["bad"])
+    assert f"skipped {len(expected['bad'])} unreadable image(s)" in out
+    assert "no classifier" in _one_line_error(*_cli("predict", str(tmp_path), "--data", str(new))[::2])
+
+
+def test_evaluate_reports_the_classifiers_own_accuracy(runs):
+    from replearn.evaluate.protocol import evaluate
+    from replearn.views import eval_view
+
+    _, run, _ = runs
+    r = evaluate(str(run), data="digits", few_label=[1], seeds=[0], verbose=False)
+    net, spec, classes = load_classifier(run)
+    test = load_data("digits", "test")
+    with torch.no_grad():
+        pred = net(eval_view(test.images, tuple(spec["mean"]), tuple(spec["std"]))).argmax(1)
+    by_hand = 100 * (torch.tensor([int(classes[p]) for p in pred]) == test.labels).float().mean().item()
+    assert r["accuracy"] == round(by_hand, 2) and "knn" in r and "linear" in r

@@ -1,14 +1,15 @@
 """replearn: label-efficient image representation learning.
 
-``replearn.pretrain``, ``replearn.evaluate`` and ``replearn.embed`` are the Python twins of the
-``replearn pretrain|evaluate|embed`` commands.
+``replearn.pretrain``, ``replearn.evaluate``, ``replearn.embed``, ``replearn.semisup`` and
+``replearn.predict`` are the Python twins of the ``replearn pretrain|evaluate|embed|semisup|predict``
+commands.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "embed", "evaluate", "pretrain"]
+__all__ = ["__version__", "embed", "evaluate", "predict", "pretrain", "semisup"]
 
 
 def __getattr__(name: str):
@@ -25,4 +26,12 @@ def __getattr__(name: str):
         from replearn.embed.export import embed
 
         return embed
+    if name == "semisup":
+        from replearn.train.semisup import semisup
+
+        return semisup
+    if name == "predict":
+        from replearn.evaluate.predict import predict
+
+        return predict
     raise AttributeError(f"module 'replearn' has no attribute {name!r}")

@@ -86,6 +86,17 @@ class SemiConfig:
 
 
 @dataclass
+class PredictConfig:
+    """Class predictions of a semi-supervised run's classifier for a data source."""
+
+    data: str = "fashion-mnist"  # built-in name, image folder, or .npy/.npz file
+    out: str = "predictions.csv"  # rows path,label,confidence
+    split: Literal["train", "test"] = "test"  # of a built-in data set (a folder has no split)
+    batch_size: int = 512
+    limit: int | None = None
+
+
+@dataclass
 class EvaluateConfig:
     """Frozen-encoder evaluation by the benchmark protocol."""
 

@@ -6,7 +6,15 @@ import argparse
 import sys
 import typing
 
-from replearn.config import EmbedConfig, EvaluateConfig, PretrainConfig, _closest, fields_of
+from replearn.config import (
+    EmbedConfig,
+    EvaluateConfig,
+    PredictConfig,
+    PretrainConfig,
+    SemiConfig,
+    _closest,
+    fields_of,
+)
 from replearn.errors import ReplearnError
 
 EXAMPLES = {
@@ -16,8 +24,15 @@ EXAMPLES = {
     "evaluate": "example:\n  replearn evaluate runs/simclr --data fashion-mnist\n"
     "  replearn evaluate --baseline raw --data fashion-mnist --out runs/raw",
     "embed": "example:\n  replearn embed runs/simclr --data fashion-mnist --split test --out emb.npz",
+    "semisup": "example:\n  replearn semisup --data fashion-mnist --labels-per-class 4 --method fixmatch --init runs/simclr --out runs/fixmatch\n"
+    "  replearn semisup --data ./my_images --labels labels.csv --out runs/clf   # rows path,label\n"
+    "  replearn semisup --out runs/fixmatch --resume --steps 4000            # continue, or train longer",
+    "predict": "example:\n  replearn predict runs/fixmatch --data ./new_images --out predictions.csv",
 }
-CONFIGS = {"pretrain": PretrainConfig, "evaluate": EvaluateConfig, "embed": EmbedConfig}
+CONFIGS = {
+    "pretrain": PretrainConfig, "evaluate": EvaluateConfig, "embed": EmbedConfig,
+    "semisup": SemiConfig, "predict": PredictConfig,
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if cmd in ("evaluate", "embed"):
             s.add_argument("run", nargs="?" if cmd == "evaluate" else None, help="run folder (or its encoder.pt)")
+        if cmd == "predict":
+            s.add_argument("run", help="a run folder of 'replearn semisup' (or its classifier.pt)")
         s.add_argument("--config", metavar="FILE", help="YAML file of options; command-line options override it")
-        if cmd == "pretrain":
+        if cmd in ("pretrain", "semisup"):
             s.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
         s.add_argument("--debug", action="store_true", help="show tracebacks")
         defaults = cls()
@@ -86,6 +103,15 @@ def _run(argv: list[str]) -> int:
             print(f"  {name:<{width}}  {summary}")
             if cls.paper:
                 print(f"  {'':<{width}}  {cls.paper}")
+        from replearn.semisup import SEMI
+
+        print("semi-supervised methods (replearn semisup --method NAME):")
+        width = max(map(len, SEMI.names()))
+        for name in SEMI.names():
+            cls = SEMI.get(name)
+            print(f"  {name:<{width}}  {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+            if cls.paper:
+                print(f"  {'':<{width}}  {cls.paper}")
         print(f"backbones:   {', '.join(BACKBONES.names())}, or package.module:function")
         print(f"views:       {', '.join(RECIPES.names())}")
         print(f"data:        {', '.join(data_names())}, an image folder, or a .npy/.npz file")
@@ -124,6 +150,16 @@ def _run(argv: list[str]) -> int:
         from replearn.embed.export import embed
 
         embed(args.run, cfg)
+    elif args.command == "semisup":
+        from replearn.train.semisup import semisup
+
+        out = semisup(resume=True, **overrides) if args.resume and args.config is None else semisup(cfg, resume=args.resume)
+        print(f"done: {out}  (classifier: {out / 'classifier.pt'}; next: replearn evaluate {out}, "
+              f"replearn predict {out} --data FOLDER)")
+    elif args.command == "predict":
+        from replearn.evaluate.predict import predict
+
+        predict(args.run, cfg)
     return 0
 
 

@@ -97,6 +97,11 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     for per_class in cfg.few_label:
         r = few_label_accuracy(f_train, y_train, f_test, y_test, per_class=per_class, seeds=tuple(cfg.seeds))
         result["few_label"][str(per_class * n_classes)] = {k: round(r[k], 2) for k in ("mean", "min", "max")}
+    if run and cfg.baseline is None and (Path(run) / "classifier.pt").exists():  # a semi-supervised run
+        from replearn.evaluate.predict import classifier_accuracy
+
+        say("the run's classifier on the test images ...")
+        result["accuracy"] = round(classifier_accuracy(run, test, cfg.batch_size), 2)
     result["seconds"] = {"features": round(t_feat - t0, 1), "total": round(time.perf_counter() - t0, 1)}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=2) + "\n", out / "eval.json")
@@ -109,10 +114,12 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
 def format_table(results: list[dict]) -> str:
     """A plain-text table: one row per result, kNN, linear and each few-label mean [min, max]."""
     sizes = sorted({k for r in results for k in r["few_label"]}, key=int)
-    head = ["encoder", "kNN", "linear"] + [f"{s} labels" for s in sizes]
+    clf = any("accuracy" in r for r in results)  # semi-supervised runs: the classifier itself
+    head = ["encoder", *(["classifier"] if clf else []), "kNN", "linear"] + [f"{s} labels" for s in sizes]
     rows = []
     for r in results:
-        row = [r["encoder"], f"{r['knn']:.1f}", f"{r['linear']:.1f}"]
+        acc = [f"{r['accuracy']:.1f}" if "accuracy" in r else "-"] if clf else []
+        row = [r["encoder"], *acc, f"{r['knn']:.1f}", f"{r['linear']:.1f}"]
         for s in sizes:
             f = r["few_label"].get(s)
             row.append(f"{f['mean']:.1f} [{f['min']:.1f}, {f['max']:.1f}]" if f else "-")

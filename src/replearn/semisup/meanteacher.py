@@ -13,7 +13,9 @@ from replearn.semisup.base import SEMI, SemiBatch, SemiMethod, ramp
 
 @SEMI.register("meanteacher")
 class MeanTeacher(SemiMethod):
-    """Cross-entropy on the labels, plus the squared distance between the student's class
+    """The student's predictions are pulled towards those of its EMA, the teacher.
+
+    Cross-entropy on the labels, plus the squared distance between the student's class
     probabilities on one weak view of each unlabelled image and the teacher's on another. The
     teacher is the EMA model every method keeps (``--ema``), run in eval mode without gradient; the
     consistency weight ramps up with the sigmoid schedule over the first ``rampup`` of training."""

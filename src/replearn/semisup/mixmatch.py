@@ -32,7 +32,9 @@ def mix_batch(x_l, t_l, x_u, t_u, alpha: float, g: torch.Generator):
 
 @SEMI.register("mixmatch")
 class MixMatch(SemiMethod):
-    """K weak views of each unlabelled image give a sharpened averaged guess; labelled and
+    """Sharpened guesses for unlabelled images, MixUp of labelled and unlabelled ones.
+
+    K weak views of each unlabelled image give a sharpened averaged guess; labelled and
     unlabelled inputs are MixUp'ed with partners drawn from both; cross-entropy on the mixed
     labelled part, squared error on the mixed unlabelled part, its weight ramped up linearly."""
 

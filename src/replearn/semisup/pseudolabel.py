@@ -13,7 +13,9 @@ from replearn.semisup.base import SEMI, SemiBatch, SemiMethod, ramp
 
 @SEMI.register("pseudolabel")
 class PseudoLabel(SemiMethod):
-    """Cross-entropy on the labels, plus cross-entropy of each unlabelled image's weak view to the
+    """The model's own confident predictions become labels for the unlabelled images.
+
+    Cross-entropy on the labels, plus cross-entropy of each unlabelled image's weak view to the
     argmax of the model's own prediction for it, kept where that prediction is confident (the
     modern form; ``threshold=0`` keeps every one, as the paper does). The unlabelled weight ramps
     up over the first ``rampup`` of training, as the paper's alpha(t) does."""
