@@ -5,6 +5,7 @@ layer), the EMA copy of it that is evaluated and exported (``ema``, every method
 own state (running means, augmentation weights) as buffers, so checkpoints carry everything.
 ``replearn.train.semisup`` calls, in this order:
 
+    bind_labels(labels)               once, before training (the labelled class marginal)
     set_progress(step, total)         before each step (ramp-ups and schedules)
     training_step(batch)              -> (loss, logs); ``batch`` is a ``SemiBatch`` of uint8 images:
                                       the method draws its own weak/strong views from them
@@ -53,6 +54,15 @@ class SemiBatch:
     def weak(self, x: torch.Tensor) -> torch.Tensor:
         return weak_view(x, self.mean, self.std, self.g)
 
+    def strong(self, x: torch.Tensor, n_ops: int = 2) -> torch.Tensor:
+        """FixMatch's strong view: the weak flip and shift, then RandAugment (``n_ops`` ops per
+        image, random magnitudes) and Cutout, each image with its own draw."""
+        from replearn.views import ops
+        from replearn.views.strong import rand_augment
+
+        base = weak_view(x, self.mean, self.std, self.g, normalize=False)
+        return ops.normalize(rand_augment(base, self.g, n_ops=n_ops), self.mean, self.std)
+
 
 class Classifier(nn.Module):
     """backbone -> linear layer: the model a semi-supervised run trains and exports."""
@@ -75,6 +85,37 @@ def ramp(progress: float, length: float) -> float:
     return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
+class DistributionAlignment(nn.Module):
+    """ReMixMatch's distribution alignment as a module: the running mean of the model's class
+    probabilities on unlabelled batches (the mean of the last ``window`` batch means, a buffer so
+    checkpoints carry it) and the labelled class marginal; ``forward`` aligns a batch of
+    probabilities and then records the batch's own (unaligned) mean."""
+
+    def __init__(self, n_classes: int, window: int = 128):
+        super().__init__()
+        self.register_buffer("history", torch.full((window, n_classes), 1.0 / n_classes))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+        self.register_buffer("label_marginal", torch.full((n_classes,), 1.0 / n_classes))
+
+    def set_label_marginal(self, labels: torch.Tensor) -> None:
+        counts = torch.bincount(labels.cpu(), minlength=len(self.label_marginal)).float()
+        self.label_marginal.copy_(counts / counts.sum())
+
+    @property
+    def model_marginal(self) -> torch.Tensor:
+        n = int(min(int(self.seen), len(self.history)))
+        return self.history[:n].mean(0) if n > 0 else self.label_marginal
+
+    @torch.no_grad()
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        from replearn.losses.semisup import align_distribution
+
+        aligned = align_distribution(p, self.model_marginal, self.label_marginal)
+        self.history[int(self.seen) % len(self.history)] = p.float().mean(0)
+        self.seen += 1
+        return aligned
+
+
 class SemiMethod(nn.Module):
     paper: str = ""
 
@@ -90,6 +131,9 @@ class SemiMethod(nn.Module):
         self.net = Classifier(backbone, opts.n_classes)
         self.ema = frozen_copy(self.net)
         self.step, self.total_steps = 0, 1
+
+    def bind_labels(self, labels: torch.Tensor) -> None:
+        """Sees the labels of the labelled set once before training (class marginals)."""
 
     def set_progress(self, step: int, total_steps: int) -> None:
         self.step, self.total_steps = step, max(1, total_steps)

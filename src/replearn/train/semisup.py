@@ -284,6 +284,7 @@ def semisup(config: SemiConfig | None = None, *, resume: bool = False, callbacks
     atomic_write_text(json.dumps(meta, indent=2) + "\n", meta_path)
 
     method = method_cls(backbone, SemiOptions(n_classes=split.n_classes, ema=cfg.ema, args=cfg.method_args))
+    method.bind_labels(split.labels)
     truth = data.has_labels and list(data.classes or [str(i) for i in range(int(data.labels.max()) + 1)]) == split.classes
     module = SemiModule(method, data, split, cfg.batch_size, cfg.mu, cfg.seed, cfg.optimizer, cfg.lr,
                         cfg.weight_decay, cfg.steps, truth)

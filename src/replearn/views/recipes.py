@@ -59,14 +59,15 @@ def eval_view(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def weak_view(images: torch.Tensor, mean, std, generator: torch.Generator, flip_p: float = 0.5,
-              max_shift_frac: float = 0.125) -> torch.Tensor:
+              max_shift_frac: float = 0.125, normalize: bool = True) -> torch.Tensor:
     """The weak view of semi-supervised learning (FixMatch, MixMatch): a horizontal flip with
-    probability ``flip_p`` and a shift of up to ``max_shift_frac`` of the side (reflect fill)."""
+    probability ``flip_p`` and a shift of up to ``max_shift_frac`` of the side (reflect fill);
+    ``normalize=False`` returns it in [0, 1], for strong ops to follow."""
     x = images.float().div_(255) if images.dtype == torch.uint8 else images
     flip = torch.rand(x.shape[0], generator=generator, device=x.device) < flip_p
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
     x = ops.translate_reflect(x, round(max_shift_frac * min(x.shape[2], x.shape[3])), generator)
-    return ops.normalize(x, mean, std)
+    return ops.normalize(x, mean, std) if normalize else x
 
 
 def multi_crop(
