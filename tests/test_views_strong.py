@@ -298,3 +298,13 @@ def test_ctaugment_weights_travel_in_the_state_dict():
     x = _images((8, 3, 8, 8))
     assert torch.equal(fresh(x, _gen(2)), cta(x, _gen(2)))
     assert not torch.equal(CTAugment(n_bins=6)(x, _gen(2)), cta(x, _gen(2)))
+
+
+def test_views_are_made_at_full_precision_inside_bf16_autocast():
+    x = torch.rand(64, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = strong.rand_augment(x, torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = strong.rand_augment(x, torch.Generator().manual_seed(1))
+        cta = strong.CTAugment()(x, torch.Generator().manual_seed(1))
+    assert mixed.dtype == cta.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, atol=0, rtol=0)

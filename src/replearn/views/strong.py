@@ -200,13 +200,15 @@ OP_NAMES = tuple(OPS)
 def apply_ops(x: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
     """Apply to sample i the ops ``ops[i, 0], ops[i, 1], ...`` (ids into OPS, (B, D)) in that order with
     magnitudes (B, D). Loops over the D steps and the table, never over samples: at each step every op
-    transforms, in one call, the samples that chose it."""
+    transforms, in one call, the samples that chose it. Runs in x's dtype even inside an autocast region
+    (a training step under bf16 autocast): views are made at full precision, only the model is cast."""
     out = x.clone()
     fns = list(OPS.values())
-    for j in range(ops.shape[1]):
-        for k, idx in enumerate(_groups(ops[:, j], len(fns))):
-            if k != 0 and idx.numel() > 0:  # op 0 is the identity
-                out[idx] = fns[k](out[idx], magnitudes[idx, j])
+    with torch.autocast(x.device.type, enabled=False):
+        for j in range(ops.shape[1]):
+            for k, idx in enumerate(_groups(ops[:, j], len(fns))):
+                if k != 0 and idx.numel() > 0:  # op 0 is the identity
+                    out[idx] = fns[k](out[idx], magnitudes[idx, j])
     return out
 
 
