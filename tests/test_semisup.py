@@ -277,3 +277,15 @@ def test_remixmatch_rotation_labels_name_the_turn_applied():
     from replearn.views.pretext import rotate
 
     assert rotate(one, torch.tensor([1]))[0, 0, 2, 0] == 1
+
+
+def test_ema_warms_up_then_follows_its_momentum():
+    method = SEMI.get("pseudolabel")(build_backbone("convnet", 1, 8, width=8), SemiOptions(n_classes=3, ema=0.99))
+    start = method.ema.head.weight.detach().clone()
+    with torch.no_grad():
+        method.net.head.weight.add_(1.0)
+    method.set_progress(0, 100)  # after the first step: momentum (1 + 0) / (10 + 0) = 0.1
+    method.after_step()
+    torch.testing.assert_close(method.ema.head.weight, 0.1 * start + 0.9 * (start + 1.0))
+    method.set_progress(5000, 10_000)
+    assert method.ema_momentum_now() == 0.99  # the configured momentum once (1 + s) / (10 + s) exceeds it

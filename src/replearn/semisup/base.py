@@ -145,8 +145,14 @@ class SemiMethod(nn.Module):
     def training_step(self, batch: SemiBatch) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    def ema_momentum_now(self) -> float:
+        """The EMA momentum after step ``self.step``: min(ema, (1 + step) / (10 + step)), the warm-up
+        of TensorFlow's ExponentialMovingAverage with num_updates, so that in a short run the
+        evaluated model is not mostly its random initial head."""
+        return min(self.ema_momentum, (1 + self.step) / (10 + self.step))
+
     def after_step(self) -> None:
-        ema_update_(self.ema, self.net, self.ema_momentum)
+        ema_update_(self.ema, self.net, self.ema_momentum_now())
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
