@@ -107,6 +107,9 @@ def test_every_semisup_method_trains_two_steps(name):
         opt.step()
         method.after_step()
     assert any(not torch.equal(ema_before[n], p) for n, p in method.ema.named_parameters()), f"{name}: EMA never moves"
+    if name == "supervised":  # the baseline: labels only
+        assert "pseudo" not in logs and "loss_u" not in logs
+        return
     labels, mask = logs["pseudo"]
     assert labels.shape == mask.shape == (32,)
     assert "loss_u" in logs and torch.isfinite(logs["loss_u"])
@@ -289,3 +292,14 @@ def test_ema_warms_up_then_follows_its_momentum():
     torch.testing.assert_close(method.ema.head.weight, 0.1 * start + 0.9 * (start + 1.0))
     method.set_progress(5000, 10_000)
     assert method.ema_momentum_now() == 0.99  # the configured momentum once (1 + s) / (10 + s) exceeds it
+
+
+def test_supervised_baseline_ignores_the_unlabelled_images():
+    data = load_data("digits", "train")
+    method = SEMI.get("supervised")(build_backbone("convnet", 1, 8, width=8), SemiOptions(n_classes=10))
+    losses = []
+    for lo in (16, 100):  # two different unlabelled batches, the same labelled one and generator seed
+        b = SemiBatch(data.images[:16], data.labels[:16], data.images[lo : lo + 32], data.mean, data.std,
+                      torch.Generator().manual_seed(0))
+        losses.append(method.training_step(b)[0].item())
+    assert losses[0] == losses[1]
