@@ -2,6 +2,7 @@
 folder, resume and --init."""
 
 import csv
+import json
 
 import lightning.pytorch as pl
 import pytest
@@ -18,6 +19,7 @@ from replearn.train.run import pretrain
 from replearn.train.semisup import semisup, stream_positions
 
 TINY = dict(data="digits", width=8, batch_size=16, mu=2, limit=256, precision="32")
+TINY_NO_DATA = dict(width=8, batch_size=16, mu=2, precision="32")
 
 
 # -- the labelled part -------------------------------------------------------------------------
@@ -303,3 +305,27 @@ def test_supervised_baseline_ignores_the_unlabelled_images():
                       torch.Generator().manual_seed(0))
         losses.append(method.training_step(b)[0].item())
     assert losses[0] == losses[1]
+
+
+def test_labels_from_a_folder_of_class_sub_folders(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from imagefactory import make_class_folder
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):  # unlabelled images, no sub-folders
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(pool / f"{i:02d}.png")
+    labelled = tmp_path / "labelled"
+    make_class_folder(labelled, {"cat": 3, "dog": 2}, size=16)
+    run = semisup(data=str(pool), labels=str(labelled), image_size=16, method="pseudolabel", steps=2,
+                  out=str(tmp_path / "run"), **TINY_NO_DATA)
+    rows = list(csv.DictReader(open(run / "labels.csv")))
+    assert [r["label"] for r in rows] == ["cat"] * 3 + ["dog"] * 2
+    assert all(r["id"].startswith(str(labelled)) for r in rows)
+    assert load_classifier(run)[2] == ["cat", "dog"]
+    assert json.loads((run / "meta.json").read_text())["images"] == 45  # the labelled ones join the pool
+    with pytest.raises(ReplearnError, match="has no class sub-folders"):
+        semisup(data=str(pool), labels=str(pool), image_size=16, steps=2, out=str(tmp_path / "x"), **TINY_NO_DATA)

@@ -63,7 +63,7 @@ class SemiConfig:
     out: str = "runs/semisup"  # run folder
     method: str = "fixmatch"
     method_args: dict[str, Any] = field(default_factory=dict)  # the method's own, e.g. threshold=0.9
-    labels: str | None = None  # CSV of the labelled images: rows path,label
+    labels: str | None = None  # labelled images: a CSV (rows path,label) or a folder of class sub-folders
     labels_per_class: int | None = None  # or draw this many labelled images per class from the data's labels
     seed: int = 0  # draws the labels (with labels_per_class) and seeds training
     init: str | None = None  # start the backbone from this pretraining run (or its encoder.pt)

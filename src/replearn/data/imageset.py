@@ -93,3 +93,48 @@ class _SubsetDecode:
 
     def __call__(self, i: int) -> torch.Tensor:
         return self.parent(self.index[i])
+
+
+def concat(first: ImageSet, second: ImageSet, name: str | None = None) -> ImageSet:
+    """The images of ``first`` then ``second`` (same channels and size); labels keep their indices
+    (the caller aligns the class lists), ids are kept as they are; in memory when both are."""
+    if first.channels != second.channels or first.size != second.size:
+        raise ValueError(
+            f"cannot join {first.channels}-channel {first.size}-px images with "
+            f"{second.channels}-channel {second.size}-px ones"
+        )
+    if first.images is not None and second.images is not None:
+        images, decode = torch.cat([first.images, second.images]), None
+    else:
+        images, decode = None, _ConcatDecode(first, second)
+    groups = None
+    if first.groups is not None or second.groups is not None:
+        groups = torch.cat([_groups_or_none(first), _groups_or_none(second)])
+    return ImageSet(
+        ids=[*first.ids, *second.ids],
+        labels=torch.cat([first.labels, second.labels]),
+        name=name or first.name,
+        channels=first.channels,
+        size=first.size,
+        images=images,
+        decode=decode,
+        classes=first.classes,
+        mean=first.mean,
+        std=first.std,
+        skipped=[*first.skipped, *second.skipped],
+        groups=groups,
+    )
+
+
+def _groups_or_none(data: ImageSet) -> torch.Tensor:
+    return data.groups if data.groups is not None else torch.full((len(data),), -1, dtype=torch.long)
+
+
+class _ConcatDecode:
+    """decode of two joined sets (picklable for DataLoader workers)."""
+
+    def __init__(self, first: ImageSet, second: ImageSet):
+        self.first, self.second, self.n = first, second, len(first)
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return self.first.batch([i])[0] if i < self.n else self.second.batch([i - self.n])[0]

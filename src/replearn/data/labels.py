@@ -99,6 +99,55 @@ def read_label_csv(data: ImageSet, path: str) -> LabelledSplit:
     return split
 
 
+def labelled_folder(data: ImageSet, folder: str) -> tuple[ImageSet, LabelledSplit]:
+    """Labelled images in the class sub-folders of ``folder``, joined after ``data``'s images (so
+    they are unlabelled images too, as every labelled one is); returns (joined data, split). The
+    folder's classes become the split's; data with classes of its own must use the same names."""
+    from replearn.data import load_data
+    from replearn.data.imageset import concat
+
+    labelled = load_data(folder, "train", image_size=data.size)
+    if not labelled.has_labels or not labelled.classes:
+        raise ReplearnError(
+            f"{folder} has no class sub-folders",
+            hint="put each labelled image in a sub-folder named by its class (at least two classes)",
+        )
+    if labelled.channels != data.channels:
+        raise ReplearnError(
+            f"the labelled images in {folder} have {labelled.channels} channel(s), {data.name} has {data.channels}",
+            hint="give labelled images of the same kind as the data",
+        )
+    classes = list(labelled.classes)
+    labels = data.labels
+    if data.has_labels and data.classes:
+        unknown = [c for c in classes if c not in data.classes]
+        if unknown:
+            raise ReplearnError(
+                f"class {unknown[0]!r} of {folder} is not a class of {data.name}",
+                hint=f"name the sub-folders after its classes: {', '.join(data.classes)}",
+            )
+        missing = [c for c in data.classes if c not in classes]
+        if missing:
+            raise ReplearnError(
+                f"class {missing[0]!r} of {data.name} has no labelled image in {folder}",
+                hint="add a sub-folder of labelled images for every class",
+            )
+        remap = torch.tensor([classes.index(c) for c in data.classes])
+        labels = torch.where(data.labels >= 0, remap[data.labels.clamp_min(0)], data.labels)
+    elif data.has_labels:
+        labels = torch.full_like(data.labels, -1)  # unnamed classes cannot be matched to the folder's
+    base = ImageSet(ids=data.ids, labels=labels, name=data.name, channels=data.channels, size=data.size,
+                    images=data.images, decode=data.decode, classes=classes, mean=data.mean, std=data.std,
+                    skipped=data.skipped, groups=data.groups)
+    ids = [f"{folder.rstrip('/')}/{i}" for i in labelled.ids]
+    labelled = ImageSet(ids=ids, labels=labelled.labels, name=labelled.name, channels=labelled.channels,
+                        size=labelled.size, images=labelled.images, decode=labelled.decode, classes=classes,
+                        skipped=labelled.skipped)
+    joined = concat(base, labelled, name=data.name)
+    index = torch.arange(len(data), len(joined))
+    return joined, LabelledSplit(index, labelled.labels.clone(), classes)
+
+
 def check_split(split: LabelledSplit) -> None:
     if len(split.index) < split.n_classes:
         raise ReplearnError(

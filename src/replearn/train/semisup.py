@@ -188,12 +188,15 @@ class ClassifierExport(pl.Callback):
         self._save(trainer, pl_module)
 
 
-def _labelled_split(cfg: SemiConfig, data: ImageSet) -> LabelledSplit:
-    from replearn.data.labels import check_split, draw_per_class, read_label_csv
+def _labelled_split(cfg: SemiConfig, data: ImageSet) -> tuple[ImageSet, LabelledSplit]:
+    """(training data, labelled split): a folder of labelled images joins the data."""
+    from replearn.data.labels import check_split, draw_per_class, labelled_folder, read_label_csv
 
     if cfg.labels and cfg.labels_per_class:
         raise ReplearnError("give --labels or --labels-per-class, not both")
-    if cfg.labels:
+    if cfg.labels and Path(cfg.labels).expanduser().is_dir():
+        data, split = labelled_folder(data, cfg.labels)
+    elif cfg.labels:
         split = read_label_csv(data, cfg.labels)
     elif cfg.labels_per_class:
         split = draw_per_class(data, cfg.labels_per_class, cfg.seed)
@@ -202,7 +205,7 @@ def _labelled_split(cfg: SemiConfig, data: ImageSet) -> LabelledSplit:
             "no labels given", "add --labels labels.csv (rows path,label) or --labels-per-class N"
         )
     check_split(split)
-    return split
+    return data, split
 
 
 def _backbone(cfg: SemiConfig, data: ImageSet, size: int):
@@ -264,7 +267,7 @@ def semisup(config: SemiConfig | None = None, *, resume: bool = False, callbacks
     data = load_data(cfg.data, "train", image_size=cfg.image_size)
     if cfg.limit:
         data = data.subset(torch.arange(min(cfg.limit, len(data))))
-    split = _labelled_split(cfg, data)
+    data, split = _labelled_split(cfg, data)
     size = cfg.image_size or data.size
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the classifier's initial weights
     backbone, spec = _backbone(cfg, data, size)
