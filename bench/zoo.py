@@ -155,11 +155,12 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(doc: Path, text: str) -> None:
+def write_section(doc: Path, text: str, start: str = MARK_START, end: str = MARK_END) -> None:
+    """Replace the block between the ``start`` and ``end`` markers of ``doc`` (append it if absent)."""
     body = doc.read_text() if doc.exists() else ""
-    block = f"{MARK_START}\n{text}\n{MARK_END}"
-    if MARK_START in body:
-        a, b = body.index(MARK_START), body.index(MARK_END) + len(MARK_END)
+    block = f"{start}\n{text}\n{end}"
+    if start in body:
+        a, b = body.index(start), body.index(end) + len(end)
         body = body[:a] + block + body[b:]
     else:
         body = body.rstrip() + "\n\n" + block + "\n"

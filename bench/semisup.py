@@ -1,0 +1,143 @@
+"""The semi-supervised table on Fashion-MNIST: 40 and 250 labels (4 and 25 per class), seeds 0, 1, 2.
+
+Rows: the supervised baseline (labelled images only), each method from scratch, and FixMatch and
+ReMixMatch started from a self-supervised encoder (``--init``, default ``runs/demo``, the output of
+``make demo``). Every run uses ``configs/semisup/NAME.yaml`` (its step budget and settings) and is
+then scored by the test accuracy of its EMA classifier (``classifier_accuracy``, the figure
+``replearn evaluate`` reports as ``accuracy``). Each cell is mean [min, max] over the seeds.
+
+    python bench/semisup.py --out runs/semisup                       # everything (48 runs)
+    python bench/semisup.py --out runs/semisup --only fixmatch+init --labels 4 --seeds 0
+    python bench/semisup.py --out /tmp/ss --steps 20 --seeds 0 --labels 4 --parallel 2   # smoke check
+    python bench/semisup.py --out runs/semisup --write docs/results.md
+
+A run already trained in ``--out`` is only scored again; rows of earlier calls are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zoo import _run, machine, write_section  # noqa: E402
+
+MARK_START, MARK_END = "<!-- semisup:start -->", "<!-- semisup:end -->"
+ROWS = ["supervised", "pseudolabel", "meanteacher", "mixmatch", "fixmatch", "remixmatch", "fixmatch+init",
+        "remixmatch+init"]
+
+
+def job(row: str, per_class: int, seed: int, args) -> dict:
+    method, init = row.removesuffix("+init"), row.endswith("+init")
+    out = Path(args.out) / row / f"{per_class}x{seed}"
+    rec = {"row": row, "per_class": per_class, "seed": seed, "jobs_at_once": args.parallel}
+    cmd = [sys.executable, "-m", "replearn", "semisup", "--config", f"configs/semisup/{method}.yaml",
+           "--labels-per-class", str(per_class), "--seed", str(seed), "--out", str(out),
+           *(["--init", args.init] if init else []), *(["--steps", str(args.steps)] if args.steps else [])]
+    rec["cmd"] = " ".join(["replearn", *cmd[3:]])
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "classifier.pt").exists() or not (out / "meta.json").exists() or "steps" not in json.loads(
+        (out / "meta.json").read_text()
+    ):
+        for stale in ("last.ckpt", "classifier.pt"):
+            (out / stale).unlink(missing_ok=True)
+        rc, secs = _run(cmd, out.parent / f"{out.name}.log", args.threads)
+        rec["rc"], rec["wall"] = rc, round(secs, 1)
+        if rc != 0:
+            rec["error"] = (out.parent / f"{out.name}.log").read_text()[-600:]
+            return rec
+    from replearn.data import load_data
+    from replearn.evaluate.predict import classifier_accuracy
+
+    rec["accuracy"] = round(classifier_accuracy(str(out), load_data("fashion-mnist", "test")), 2)
+    meta = json.loads((out / "meta.json").read_text())
+    rec.update(train_seconds=meta.get("train_seconds"), steps=meta.get("steps"), git_commit=meta.get("git_commit"))
+    rec["commit"] = (meta.get("git_commit") or "")[:7]
+    return rec
+
+
+def table(summary: dict) -> str:
+    runs = [r for r in summary["runs"] if "accuracy" in r]
+    lines = [
+        f"Machine: {summary['machine']}; {summary['date']}. Test top-1 (%) of the EMA classifier, mean [min, max] "
+        "over seeds (n = the seeds measured); seconds and steps per run (mean). "
+        + ("Rows marked † trained several runs at a time, sharing the machine." if any(
+            r.get("jobs_at_once", 1) > 1 for r in runs) else "One run at a time."),
+        "",
+        "| method | 40 labels | 250 labels | steps | train s (40 / 250) | commit |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in ROWS:
+        cells, secs, steps, commits = [], [], set(), set()
+        for per_class in (4, 25):
+            rs = [r for r in runs if r["row"] == row and r["per_class"] == per_class]
+            if not rs:
+                cells.append("-")
+                secs.append("-")
+                continue
+            acc = [r["accuracy"] for r in rs]
+            cells.append(f"{sum(acc) / len(acc):.1f} [{min(acc):.1f}, {max(acc):.1f}] (n={len(acc)})")
+            s = [r["train_seconds"] for r in rs if r.get("train_seconds")]
+            shared = any(r.get("jobs_at_once", 1) > 1 for r in rs)
+            secs.append(f"{sum(s) / len(s):.0f}{' †' if shared else ''}" if s else "-")
+            steps |= {r.get("steps") for r in rs}
+            commits |= {r.get("commit") for r in rs}
+        if cells == ["-", "-"]:
+            continue
+        lines.append(f"| {row} | {cells[0]} | {cells[1]} | {', '.join(map(str, sorted(s for s in steps if s)))} "
+                     f"| {' / '.join(secs)} | {', '.join(sorted(c for c in commits if c))} |")
+    lines += ["", "Commands (one per run; `--labels-per-class 4|25 --seed 0|1|2`):", ""]
+    seen = set()
+    for r in runs:
+        if r["row"] not in seen:
+            seen.add(r["row"])
+            lines.append(f"- {r['row']}: `{r['cmd']}`")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/semisup")
+    p.add_argument("--only", default=None, help="comma-separated rows: " + ", ".join(ROWS))
+    p.add_argument("--labels", default="4,25", help="labels per class, comma-separated")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--init", default="runs/demo", help="the pretraining run of the +init rows")
+    p.add_argument("--steps", type=int, default=None, help="override the configs' steps (smoke checks)")
+    p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    p.add_argument("--write", default=None, help="write the table into this markdown file and stop")
+    args = p.parse_args()
+    out = Path(args.out)
+    if args.write:
+        write_section(Path(args.write), table(json.loads((out / "summary.json").read_text())), MARK_START, MARK_END)
+        print(f"wrote {args.write}")
+        return 0
+    rows = [r for r in ROWS if not args.only or r in args.only.split(",")]
+    if any(r.endswith("+init") for r in rows) and not (Path(args.init) / "encoder.pt").exists():
+        raise SystemExit(f"no encoder in {args.init}: run 'make demo' first, or pass --init RUN")
+    todo = [(r, int(k), int(s)) for r in rows for k in args.labels.split(",") for s in args.seeds.split(",")]
+    out.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads((out / "summary.json").read_text())["runs"] if (out / "summary.json").exists() else []
+    keep = [e for e in earlier if (e["row"], e["per_class"], e["seed"]) not in set(todo)]
+    t0 = time.perf_counter()
+    done = []
+    with ThreadPoolExecutor(args.parallel) as pool:
+        futures = [pool.submit(job, *t, args) for t in todo]
+        for f in futures:
+            r = f.result()
+            done.append(r)
+            summary = {"machine": machine(), "date": datetime.now(UTC).strftime("%Y-%m-%d"), "runs": keep + done}
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            status = f"{r['accuracy']:.1f}" if "accuracy" in r else "FAILED"
+            print(f"[{time.perf_counter() - t0:6.0f}s] {r['row']} {r['per_class']}x{r['seed']}: {status}", flush=True)
+    print(table(summary))
+    return 0 if all("accuracy" in r for r in done) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
