@@ -8,6 +8,7 @@ import torch
 from replearn.losses.semisup import (
     align_distribution,
     confidence_mask,
+    flexmatch_thresholds,
     mse_consistency,
     pseudo_label_loss,
     sharpen,
@@ -102,3 +103,12 @@ def test_soft_cross_entropy_and_mse_against_loops():
     ref = sum((float(p[i, j]) - float(target[i, j])) ** 2 for i in range(4) for j in range(5)) / (4 * 5)
     assert abs(mse_consistency(p, target).item() - ref) < 1e-6
     assert mse_consistency(target, target).item() == 0
+
+
+def test_flexmatch_thresholds_hand_case():
+    learned = torch.tensor([0, 0, 1, -1, -1, -1])  # sigma = (2, 1, 0), three images not learned yet
+    # warm-up: beta = sigma / max(2, 3) = (2/3, 1/3, 0); threshold 0.9 * beta / (2 - beta)
+    torch.testing.assert_close(flexmatch_thresholds(learned, 3, 0.9), torch.tensor([0.45, 0.18, 0.0]))
+    # without warm-up: beta = sigma / 2 = (1, 1/2, 0) -> (0.9, 0.3, 0)
+    torch.testing.assert_close(flexmatch_thresholds(learned, 3, 0.9, warmup=False), torch.tensor([0.9, 0.3, 0.0]))
+    assert flexmatch_thresholds(torch.full((4,), -1), 2, 0.95).tolist() == [0.0, 0.0]

@@ -86,17 +86,22 @@ def test_ramp_values():
 
 
 # -- every method: two steps ----------------------------------------------------------------------
-@pytest.mark.parametrize("name", SEMI.names())
-def test_every_semisup_method_trains_two_steps(name):
+WALK = [(n, {}) for n in SEMI.names()] + [("fixmatch", {"distribution_alignment": True, "adaptive_threshold": True})]
+
+
+@pytest.mark.parametrize("name,args", WALK)
+def test_every_semisup_method_trains_two_steps(name, args):
     torch.manual_seed(0)
     data = load_data("digits", "train")
-    method = SEMI.get(name)(build_backbone("convnet", 1, 8, width=8), SemiOptions(n_classes=10))
+    method = SEMI.get(name)(build_backbone("convnet", 1, 8, width=8), SemiOptions(n_classes=10, args=args))
+    method.bind_labels(data.labels[:16], len(data))
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05)
     ema_before = {n: p.detach().clone() for n, p in method.ema.named_parameters()}
     g = torch.Generator().manual_seed(0)
     for step in range(2):
         method.set_progress(step + 10, 20)  # past the ramp-ups, so the unlabelled terms count
-        b = SemiBatch(data.images[:16], data.labels[:16], data.images[16:48], data.mean, data.std, g)
+        b = SemiBatch(data.images[:16], data.labels[:16], data.images[16:48], data.mean, data.std, g,
+                      torch.arange(16, 48))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=step == 1):  # as under --precision bf16
             loss, logs = method.training_step(b)
         assert torch.isfinite(loss) and loss.dtype == torch.float32
@@ -329,3 +334,23 @@ def test_labels_from_a_folder_of_class_sub_folders(tmp_path):
     assert json.loads((run / "meta.json").read_text())["images"] == 45  # the labelled ones join the pool
     with pytest.raises(ReplearnError, match="has no class sub-folders"):
         semisup(data=str(pool), labels=str(pool), image_size=16, steps=2, out=str(tmp_path / "x"), **TINY_NO_DATA)
+
+
+def test_fixmatch_adaptive_thresholds_record_confident_predictions_per_image():
+    data = load_data("digits", "train")
+    method = SEMI.get("fixmatch")(build_backbone("convnet", 1, 8, width=8),
+                                  SemiOptions(n_classes=10, args={"adaptive_threshold": True, "threshold": 0.5}))
+    method.bind_labels(data.labels[:16], n_images=100)
+    assert method.learned.tolist() == [-1] * 100 and "learned" in method.state_dict()
+    p = torch.tensor([[0.9, 0.1] + [0.0] * 8, [0.4, 0.6] + [0.0] * 8, [0.3, 0.3, 0.4] + [0.0] * 7])
+    thr = method._threshold(p, torch.tensor([7, 8, 9]))
+    assert thr.tolist() == [0.0, 0.0, 0.0]  # nothing learned yet: every class starts at threshold 0
+    assert method.learned[7:10].tolist() == [0, 1, -1]  # 0.9 and 0.6 pass the fixed 0.5; 0.4 does not
+    # now sigma = (1, 1, 0, ...) against 98 images not learned: beta = 1/98 for classes 0 and 1
+    thr = method._threshold(p, torch.tensor([7, 8, 9]))
+    b = 1 / 98
+    torch.testing.assert_close(thr, torch.tensor([0.5 * b / (2 - b), 0.5 * b / (2 - b), 0.0]))
+    b_ = SemiBatch(data.images[:16], data.labels[:16], data.images[16:48], data.mean, data.std,
+                   torch.Generator().manual_seed(0), torch.arange(16, 48))
+    loss, logs = method.training_step(b_)
+    assert torch.isfinite(loss)

@@ -53,3 +53,19 @@ def mse_consistency(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MixMatch's unlabelled loss (eq. 5): squared L2 between probability vectors, divided by the
     number of classes K and averaged over rows (so it is the mean over all N*K entries)."""
     return (p.float() - target.float()).pow(2).mean()
+
+
+def flexmatch_thresholds(learned: torch.Tensor, n_classes: int, threshold: float, warmup: bool = True) -> torch.Tensor:
+    """FlexMatch's class-adaptive thresholds (arXiv:2110.08263, eqs. 6-7 with the convex mapping
+    x / (2 - x)). ``learned`` (N,) holds, per unlabelled image, the class of its latest prediction
+    that passed the fixed ``threshold``, or -1. sigma_c counts the images learned as class c;
+    beta_c = sigma_c / max(max_c sigma_c, unused) with the warm-up (``unused`` = images still -1),
+    else sigma_c / max_c sigma_c; the threshold of class c is threshold * beta_c / (2 - beta_c).
+    Returns (n_classes,) thresholds."""
+    sigma = torch.bincount(learned[learned >= 0], minlength=n_classes).float()
+    unused = float((learned < 0).sum())
+    top = max(float(sigma.max()), unused) if warmup else float(sigma.max())
+    if top <= 0:
+        return torch.full((n_classes,), 0.0)  # nothing learned yet: beta = 0 for every class
+    beta = sigma / top
+    return threshold * beta / (2 - beta)

@@ -5,7 +5,7 @@ layer), the EMA copy of it that is evaluated and exported (``ema``, every method
 own state (running means, augmentation weights) as buffers, so checkpoints carry everything.
 ``replearn.train.semisup`` calls, in this order:
 
-    bind_labels(labels)               once, before training (the labelled class marginal)
+    bind_labels(labels, n_images)     once, before training (class marginal, per-image state)
     set_progress(step, total)         before each step (ramp-ups and schedules)
     training_step(batch)              -> (loss, logs); ``batch`` is a ``SemiBatch`` of uint8 images:
                                       the method draws its own weak/strong views from them
@@ -50,6 +50,7 @@ class SemiBatch:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     g: torch.Generator  # on the images' device, seeded by (seed, step, rank)
+    u_index: torch.Tensor | None = None  # (mu*B,) positions of the unlabelled images in the data
 
     def weak(self, x: torch.Tensor) -> torch.Tensor:
         return weak_view(x, self.mean, self.std, self.g)
@@ -132,8 +133,9 @@ class SemiMethod(nn.Module):
         self.ema = frozen_copy(self.net)
         self.step, self.total_steps = 0, 1
 
-    def bind_labels(self, labels: torch.Tensor) -> None:
-        """Sees the labels of the labelled set once before training (class marginals)."""
+    def bind_labels(self, labels: torch.Tensor, n_images: int) -> None:
+        """Sees the labels of the labelled set and the number of training images once before
+        training (class marginals, per-image state)."""
 
     def set_progress(self, step: int, total_steps: int) -> None:
         self.step, self.total_steps = step, max(1, total_steps)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from replearn.losses.semisup import pseudo_label_loss
+from replearn.losses.semisup import flexmatch_thresholds, pseudo_label_loss
 from replearn.semisup.base import SEMI, DistributionAlignment, SemiBatch, SemiMethod, SemiOptions
 
 
@@ -19,7 +19,8 @@ class FixMatch(SemiMethod):
     image's strong view (RandAugment + Cutout) to the argmax of the model's prediction on its weak
     view, kept where that prediction reaches ``threshold``, averaged over the whole unlabelled
     batch. ``distribution_alignment=true`` first aligns the weak predictions to the labelled class
-    marginal (ReMixMatch's fix for a model that starves some classes)."""
+    marginal (ReMixMatch's fix for a model that starves some classes); ``adaptive_threshold=true``
+    lowers the threshold of the classes learned least so far (FlexMatch, arXiv:2110.08263)."""
 
     paper = (
         "Sohn et al., FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence, "
@@ -32,14 +33,30 @@ class FixMatch(SemiMethod):
         lambda_u: float = 1.0  # weight of the unlabelled loss
         n_ops: int = 2  # RandAugment ops per strong view
         distribution_alignment: bool = False
+        adaptive_threshold: bool = False  # FlexMatch's class-adaptive thresholds (curriculum pseudo-labelling)
 
     def __init__(self, backbone, opts: SemiOptions):
         super().__init__(backbone, opts)
         self.align = DistributionAlignment(opts.n_classes) if self.args.distribution_alignment else None
 
-    def bind_labels(self, labels: torch.Tensor) -> None:
+    def bind_labels(self, labels: torch.Tensor, n_images: int) -> None:
         if self.align is not None:
             self.align.set_label_marginal(labels)
+        if self.args.adaptive_threshold:  # per image: the class its latest confident prediction named
+            self.register_buffer("learned", torch.full((n_images,), -1, dtype=torch.long))
+
+    def _threshold(self, p: torch.Tensor, u_index: torch.Tensor | None) -> float | torch.Tensor:
+        """The fixed threshold, or per row FlexMatch's threshold of the row's predicted class, from
+        the images learned before this batch; then records this batch's confident predictions."""
+        if not self.args.adaptive_threshold:
+            return self.args.threshold
+        if u_index is None or not hasattr(self, "learned"):
+            raise RuntimeError("adaptive_threshold needs bind_labels() and the unlabelled indices")
+        conf, pred = p.max(dim=1)
+        per_class = flexmatch_thresholds(self.learned, self.n_classes, self.args.threshold).to(p.device)
+        sure = conf > self.args.threshold
+        self.learned[u_index[sure].to(self.learned.device)] = pred[sure].to(self.learned.device)
+        return per_class[pred]
 
     def training_step(self, b: SemiBatch) -> tuple[torch.Tensor, dict]:
         logits_l, logits_w, logits_s = self.forward_all(b.weak(b.x_l), b.weak(b.x_u), b.strong(b.x_u, self.args.n_ops))
@@ -47,6 +64,6 @@ class FixMatch(SemiMethod):
         p = torch.softmax(logits_w.detach(), dim=1)
         if self.align is not None:
             p = self.align(p)
-        loss_u, mask = pseudo_label_loss(logits_s, p, self.args.threshold)
+        loss_u, mask = pseudo_label_loss(logits_s, p, self._threshold(p, b.u_index))
         logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean(), "pseudo": (p.argmax(1), mask)}
         return loss_x + self.args.lambda_u * loss_u, logs

@@ -58,7 +58,7 @@ class ReMixMatch(SemiMethod):
         self.align = DistributionAlignment(opts.n_classes)
         self.rotation_head = nn.Linear(int(backbone.out_dim), 4)
 
-    def bind_labels(self, labels: torch.Tensor) -> None:
+    def bind_labels(self, labels: torch.Tensor, n_images: int) -> None:
         self.align.set_label_marginal(labels)
 
     def _strong(self, b: SemiBatch, x: torch.Tensor) -> torch.Tensor:

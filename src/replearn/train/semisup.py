@@ -112,13 +112,13 @@ class SemiModule(pl.LightningModule):
                           collate_fn=_passthrough, pin_memory=torch.cuda.is_available())
 
     def training_step(self, batch, batch_idx):
-        x_u, y_u, _ = batch
+        x_u, y_u, u_index = batch
         step = self.global_step
         g = step_generator(self.seed, step, self.global_rank, x_u.device)
         self.method.set_progress(step, self.total_steps)
         li = stream_positions(step, self.batch_size, len(self.split.index), self.seed, self.global_rank,
                                 self.trainer.world_size).to(self.device)
-        b = SemiBatch(self._x_l[li], self._y_l[li], x_u, self.data.mean, self.data.std, g)
+        b = SemiBatch(self._x_l[li], self._y_l[li], x_u, self.data.mean, self.data.std, g, u_index)
         loss, logs = self.method.training_step(b)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}")
@@ -287,7 +287,7 @@ def semisup(config: SemiConfig | None = None, *, resume: bool = False, callbacks
     atomic_write_text(json.dumps(meta, indent=2) + "\n", meta_path)
 
     method = method_cls(backbone, SemiOptions(n_classes=split.n_classes, ema=cfg.ema, args=cfg.method_args))
-    method.bind_labels(split.labels)
+    method.bind_labels(split.labels, len(data))
     truth = data.has_labels and list(data.classes or [str(i) for i in range(int(data.labels.max()) + 1)]) == split.classes
     module = SemiModule(method, data, split, cfg.batch_size, cfg.mu, cfg.seed, cfg.optimizer, cfg.lr,
                         cfg.weight_decay, cfg.steps, truth)
