@@ -354,3 +354,30 @@ def test_fixmatch_adaptive_thresholds_record_confident_predictions_per_image():
                    torch.Generator().manual_seed(0), torch.arange(16, 48))
     loss, logs = method.training_step(b_)
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("n_classes", [10, 2])
+def test_probe_head_predicts_what_the_probe_predicts(n_classes):
+    from replearn.evaluate.features import extract_features
+    from replearn.evaluate.linear import fit_linear_probe
+    from replearn.semisup.base import Classifier
+    from replearn.train.semisup import probe_head
+
+    data = load_data("digits", "train")
+    split = draw_per_class(data, 5, seed=0)
+    if n_classes == 2:  # the labelled images of classes 0 and 1 only
+        keep = split.labels < 2
+        split = LabelledSplit(split.index[keep], split.labels[keep], ["0", "1"])
+    torch.manual_seed(0)
+    net = Classifier(build_backbone("convnet", 1, 8, width=8), n_classes).eval()
+    probe_head(net, data, split)
+    others = data.subset(torch.arange(200))  # images the probe did not see
+    feats = extract_features(net.backbone, others).double().numpy()
+    scaler, clf = fit_linear_probe(extract_features(net.backbone, data.subset(split.index)).double().numpy(),
+                                   split.labels.numpy(), 0.01, 200)
+    expected = torch.from_numpy(clf.decision_function(scaler.transform(feats)))
+    logits = extract_features(net, others).double()
+    if n_classes == 2:  # sklearn's one decision value is the logit difference
+        torch.testing.assert_close(logits[:, 1] - logits[:, 0], expected, atol=1e-4, rtol=1e-4)
+    else:
+        torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)

@@ -208,6 +208,25 @@ def _labelled_split(cfg: SemiConfig, data: ImageSet) -> tuple[ImageSet, Labelled
     return data, split
 
 
+@torch.no_grad()
+def probe_head(net, data: ImageSet, split: LabelledSplit) -> None:
+    """Start ``net.head`` as the logistic probe of the benchmark protocol (standardised features,
+    C = 0.01) fit on the labelled images' features (evaluation view): the standardisation is
+    folded into the linear layer, so the classifier predicts what the probe predicts."""
+    from replearn.evaluate.features import extract_features
+    from replearn.evaluate.linear import DEFAULT_C, DEFAULT_MAX_ITER, fit_linear_probe
+
+    feats = extract_features(net.backbone, data.subset(split.index)).double().numpy()
+    scaler, clf = fit_linear_probe(feats, split.labels.numpy(), DEFAULT_C, DEFAULT_MAX_ITER)
+    coef, bias = torch.from_numpy(clf.coef_), torch.from_numpy(clf.intercept_)
+    if coef.shape[0] == 1:  # two classes: sklearn keeps one row, the logit of class 1 against class 0
+        coef, bias = torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros_like(bias), bias])
+    mean, scale = torch.from_numpy(scaler.mean_), torch.from_numpy(scaler.scale_)
+    w = coef / scale
+    net.head.weight.copy_(w.float())
+    net.head.bias.copy_((bias - w @ mean).float())
+
+
 def _backbone(cfg: SemiConfig, data: ImageSet, size: int):
     """(backbone, spec): from the pretraining run ``--init`` when given, else freshly built."""
     from replearn.nn import build_backbone, load_encoder
@@ -288,6 +307,9 @@ def semisup(config: SemiConfig | None = None, *, resume: bool = False, callbacks
 
     method = method_cls(backbone, SemiOptions(n_classes=split.n_classes, ema=cfg.ema, args=cfg.method_args))
     method.bind_labels(split.labels, len(data))
+    if not resume and (cfg.head_init == "probe" or (cfg.head_init == "auto" and cfg.init)):
+        probe_head(method.net, data, split)
+        method.ema.load_state_dict(method.net.state_dict())
     truth = data.has_labels and list(data.classes or [str(i) for i in range(int(data.labels.max()) + 1)]) == split.classes
     module = SemiModule(method, data, split, cfg.batch_size, cfg.mu, cfg.seed, cfg.optimizer, cfg.lr,
                         cfg.weight_decay, cfg.steps, truth)
