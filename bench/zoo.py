@@ -127,8 +127,9 @@ def table(summary: dict) -> str:
     lines = [
         f"Machine: {summary['machine']}; {summary['date']}; each row's commit is in its last column. "
         "Views count every crop, small ones too. "
-        + (" ".join(f"Rows marked † trained {n} jobs at a time ({t} thread(s) each), so their seconds and views/s "
-                    "are those of a run sharing the machine." for n, t in shared)
+        + ("Seconds marked †n: the row trained n jobs at a time ("
+           + ", ".join(f"{n}: {t} thread(s) each" for n, t in shared)
+           + "), so its seconds and views/s are those of a run sharing the machine; unmarked rows ran one at a time."
            if shared else "One job at a time."),
         "",
         "| method | kNN | linear | 40 labels | 250 labels | train s | views/s | linear ≥ raw + 2 | commit |",
@@ -142,7 +143,7 @@ def table(summary: dict) -> str:
         ok = "" if r["name"] == "raw" or bar is None else ("yes" if e["linear"] >= bar else "**no**")
         secs = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
         if r.get("jobs_at_once", summary["parallel"]) > 1 and r.get("train_seconds"):
-            secs += " †"
+            secs += f" †{r.get('jobs_at_once', summary['parallel'])}"
         vps = f"{r['views_per_second']:,.0f}" if r.get("views_per_second") else "-"
         lines.append(
             f"| {r['name']} | {e['knn']:.1f} | {e['linear']:.1f} | {_few(r, '40')} | {_few(r, '250')} | {secs} | {vps} "
