@@ -85,7 +85,37 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-class PretrainModule(pl.LightningModule):
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The trainable parameters in two optimiser groups: weights with ``weight_decay``, and BN
+    parameters and biases (1-d) without it."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class TimedLoop(pl.LightningModule):
+    """Times the training loop (data + views + step, epoch-end work excluded) and calls the
+    method's ``after_step`` after each optimiser step; subclasses set ``self.method``."""
+
+    def __init__(self):
+        super().__init__()
+        self.loop_seconds, self._epoch_t0, self._last_batch_end = 0.0, None, None
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.method.after_step()
+        self._last_batch_end = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_t0 is not None and self._last_batch_end is not None:
+            self.loop_seconds += max(0.0, self._last_batch_end - self._epoch_t0)
+
+
+class PretrainModule(TimedLoop):
     def __init__(
         self,
         method: Method,
@@ -105,8 +135,7 @@ class PretrainModule(pl.LightningModule):
         self.image_size, self.batch_size, self.seed = image_size, batch_size, seed
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_epochs, self.num_workers = warmup_epochs, num_workers
-        # throughput of this session's training loop (data + views + step), epoch-end work excluded
-        self.loop_seconds, self.views_seen, self._epoch_t0, self._last_batch_end = 0.0, 0, None, None
+        self.views_seen = 0  # this session's, for the loop's views/s
 
     def on_fit_start(self) -> None:
         self.method.to(memory_format=torch.channels_last)
@@ -159,16 +188,8 @@ class PretrainModule(pl.LightningModule):
                 self.log(name, spread(logs[key]), on_step=False, on_epoch=True, batch_size=len(index))
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_t0 = time.perf_counter()
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.method.after_step()
-        self._last_batch_end = time.perf_counter()
-
     def on_train_epoch_end(self) -> None:
-        if self._epoch_t0 is not None and self._last_batch_end is not None:
-            self.loop_seconds += max(0.0, self._last_batch_end - self._epoch_t0)
+        super().on_train_epoch_end()
         # runs before ModelCheckpoint saves, so the checkpoint holds the next epoch's clusters
         if self.method.needs_dataset_features and self.current_epoch + 1 < self.trainer.max_epochs:
             self._refresh_dataset_features(self.current_epoch + 1)
@@ -204,11 +225,7 @@ class PretrainModule(pl.LightningModule):
                 opt.state.pop(p, None)
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for p in self.method.parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on BN and biases
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = param_groups(self.method, self.weight_decay)
         lr = self.lr * self.batch_size * self.trainer.world_size / 256
         if self.optimizer_name == "lars":
             from replearn.train.optim import LARS

@@ -29,7 +29,14 @@ from replearn.data.labels import LabelledSplit
 from replearn.errors import ReplearnError
 from replearn.fileio import atomic_write_text
 from replearn.semisup.base import SemiBatch, SemiMethod, save_classifier
-from replearn.train.module import IndexedImages, NonFiniteLoss, _passthrough, step_generator
+from replearn.train.module import (
+    IndexedImages,
+    NonFiniteLoss,
+    TimedLoop,
+    _passthrough,
+    param_groups,
+    step_generator,
+)
 
 
 def stream_positions(step: int, batch: int, n: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -71,7 +78,7 @@ def fixmatch_cosine(step: int, total: int) -> float:
     return math.cos(7 * math.pi * min(step, total) / (16 * max(1, total)))
 
 
-class SemiModule(pl.LightningModule):
+class SemiModule(TimedLoop):
     def __init__(
         self,
         method: SemiMethod,
@@ -91,7 +98,7 @@ class SemiModule(pl.LightningModule):
         self.batch_size, self.mu, self.seed = batch_size, mu, seed
         self.optimizer_name, self.lr, self.weight_decay, self.total_steps = optimizer, lr, weight_decay, total_steps
         self.monitor_truth = monitor_truth  # the data's own labels may score the pseudo-labels
-        self.loop_seconds, self.images_seen, self._epoch_t0, self._last_batch_end = 0.0, 0, None, None
+        self.images_seen = 0  # this session's, for the loop's images/s
 
     def on_fit_start(self) -> None:
         self.method.to(memory_format=torch.channels_last)
@@ -141,23 +148,8 @@ class SemiModule(pl.LightningModule):
                              batch_size=int(scored.sum()))
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_t0 = time.perf_counter()
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.method.after_step()
-        self._last_batch_end = time.perf_counter()
-
-    def on_train_epoch_end(self) -> None:
-        if self._epoch_t0 is not None and self._last_batch_end is not None:
-            self.loop_seconds += max(0.0, self._last_batch_end - self._epoch_t0)
-
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for p in self.method.parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on BN and biases
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = param_groups(self.method, self.weight_decay)
         if self.optimizer_name == "sgd":
             opt = torch.optim.SGD(groups, lr=self.lr, momentum=0.9, nesterov=True)
         else:
