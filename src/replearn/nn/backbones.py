@@ -112,18 +112,29 @@ def save_encoder(path: str | Path, backbone: nn.Module, spec: dict) -> None:
     atomic_torch_save(payload, path)
 
 
-def load_encoder(path: str | Path, map_location="cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a backbone from ``encoder.pt`` (or a run folder holding one); returns (module, spec)."""
+def read_weights_file(path: str | Path, name: str, fmt: str, what: str, made_by: str, map_location="cpu") -> dict:
+    """The payload of a weights file ``name`` (or a run folder holding one) written with format
+    ``fmt``; a missing or foreign file is a ReplearnError naming ``what`` and the command ``made_by``."""
     p = Path(path)
     if p.is_dir():
-        p = p / "encoder.pt"
+        p = p / name
     if not p.exists():
-        raise ReplearnError(f"no encoder at {p}", "pass a run folder made by 'replearn pretrain' or its encoder.pt")
+        raise ReplearnError(f"no {what} at {p}", f"pass a run folder made by '{made_by}' or its {name}")
     payload = torch.load(p, map_location=map_location, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
-        raise ReplearnError(f"{p} is not a replearn encoder file")
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise ReplearnError(f"{p} is not a replearn {what} file")
+    return payload
+
+
+def backbone_from_spec(spec: dict) -> nn.Module:
+    return build_backbone(spec["backbone"], spec["channels"], spec["image_size"], spec["width"], spec["small_stem"])
+
+
+def load_encoder(path: str | Path, map_location="cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a backbone from ``encoder.pt`` (or a run folder holding one); returns (module, spec)."""
+    payload = read_weights_file(path, "encoder.pt", ENCODER_FORMAT, "encoder", "replearn pretrain", map_location)
     spec = payload["spec"]
-    net = build_backbone(spec["backbone"], spec["channels"], spec["image_size"], spec["width"], spec["small_stem"])
+    net = backbone_from_spec(spec)
     net.load_state_dict(payload["state_dict"])
     net.eval()
     return net, spec

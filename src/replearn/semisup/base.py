@@ -187,21 +187,11 @@ def save_classifier(path, net: Classifier, spec: dict, classes: list[str]) -> No
 def load_classifier(path, map_location="cpu") -> tuple[Classifier, dict, list[str]]:
     """Rebuild the classifier of a ``replearn semisup`` run (its folder or classifier.pt), in eval
     mode; returns (classifier, spec, class names)."""
-    from pathlib import Path
+    from replearn.nn.backbones import backbone_from_spec, read_weights_file
 
-    from replearn.errors import ReplearnError
-    from replearn.nn import build_backbone
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / "classifier.pt"
-    if not p.exists():
-        raise ReplearnError(f"no classifier at {p}", "pass a run folder made by 'replearn semisup' or its classifier.pt")
-    payload = torch.load(p, map_location=map_location, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
-        raise ReplearnError(f"{p} is not a replearn classifier file")
+    payload = read_weights_file(path, "classifier.pt", CLASSIFIER_FORMAT, "classifier", "replearn semisup", map_location)
     spec, classes = payload["spec"], payload["classes"]
-    backbone = build_backbone(spec["backbone"], spec["channels"], spec["image_size"], spec["width"], spec["small_stem"])
+    backbone = backbone_from_spec(spec)
     net = Classifier(backbone, len(classes))
     net.load_state_dict(payload["state_dict"])
     net.eval()
