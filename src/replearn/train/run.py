@@ -63,7 +63,7 @@ def write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
         _write_csv(out / "skipped.csv", ["path", "reason"], [{"path": p, "reason": r} for p, r in skipped])
 
 
-def _merge_metrics(out: Path) -> None:
+def merge_metrics(out: Path) -> None:
     """Lightning's CSV logger starts metrics.csv afresh; put the rows of earlier sessions back first."""
     prev, cur = out / "metrics.prev.csv", out / "metrics.csv"
     if not prev.exists():
@@ -73,12 +73,12 @@ def _merge_metrics(out: Path) -> None:
     prev.unlink()
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _resolve(config, resume: bool, overrides: dict, cls=PretrainConfig):
+def resolve_config(config, resume: bool, overrides: dict, cls=PretrainConfig):
     """The run's config: ``config`` (or the defaults of ``cls``) plus ``overrides``; with ``resume``,
     the config saved in the run folder plus what this call changes."""
     if resume:
@@ -94,6 +94,54 @@ def _resolve(config, resume: bool, overrides: dict, cls=PretrainConfig):
     return make_config(cls, None, {**to_dict(cfg), **overrides})
 
 
+def fit(module, out: Path, cfg, callbacks: list, *, resume: bool, stop: tuple, hint: str, **limits):
+    """Train ``module`` with Lightning's Trainer on ``cfg``'s devices and precision, logging to
+    ``out/metrics.csv`` (earlier sessions' rows kept) and checkpointing ``out/last.ckpt`` through
+    the callbacks given; ``limits`` are the Trainer's ``max_epochs``/``max_steps`` and
+    ``log_every_n_steps``. An exception of ``stop`` becomes a one-line error naming the last good
+    checkpoint, with ``hint``; Ctrl-C stays a KeyboardInterrupt. Returns the trainer and the seconds
+    the fit took."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    from replearn.train.callbacks import AtomicCheckpointIO
+
+    devices = cfg.devices if cfg.devices == "auto" else int(cfg.devices)
+    if (out / "metrics.csv").exists() and not (out / "metrics.prev.csv").exists():
+        os.replace(out / "metrics.csv", out / "metrics.prev.csv")
+    quiet_lightning()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|GPU available|LeafSpec|Experiment logs directory|smaller than the logging interval|Checkpoint directory .* exists and is not empty).*")
+        trainer = pl.Trainer(
+            accelerator=cfg.accelerator,
+            devices=devices,
+            num_nodes=cfg.num_nodes,
+            precision=resolve_precision(cfg.precision, cfg.accelerator),
+            logger=CSVLogger(save_dir=str(out), name="", version=""),
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,
+            num_sanity_val_steps=0,
+            enable_model_summary=False,
+            default_root_dir=str(out),
+            **limits,
+        )
+        t0 = time.perf_counter()
+        try:
+            trainer.fit(module, ckpt_path=str(out / "last.ckpt") if resume else None)
+        except SystemExit:
+            if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1) after a graceful shutdown
+                raise KeyboardInterrupt from None
+            raise
+        except stop as e:
+            kept = out / "last.ckpt"
+            where = f"the last good checkpoint is {kept}" if kept.exists() else "no epoch had finished, so no checkpoint"
+            raise ReplearnError(f"{e}; {where}", hint) from None
+        finally:
+            merge_metrics(out)
+    return trainer, time.perf_counter() - t0
+
+
 def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, callbacks=(), **overrides) -> Path:
     """Pretrain an encoder without labels; returns the run folder.
 
@@ -103,14 +151,12 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
     """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger
 
     from replearn.data import load_data
     from replearn.methods import METHODS, MethodOptions
     from replearn.methods.base import parse_args
     from replearn.nn import build_backbone
     from replearn.train.callbacks import (
-        AtomicCheckpointIO,
         Collapsed,
         CollapseGuard,
         EncoderExport,
@@ -119,7 +165,7 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
     from replearn.train.module import NonFiniteLoss, PretrainModule
     from replearn.views import recipe
 
-    cfg = _resolve(config, resume, overrides)
+    cfg = resolve_config(config, resume, overrides)
     out = Path(cfg.out)
     if not resume and (out / "last.ckpt").exists():
         raise ReplearnError(
@@ -180,44 +226,15 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
         cbs.insert(0, KNNMonitor(data, seed=cfg.seed))
     # one file, overwritten (atomically) at each epoch end
     ckpt = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False)
-    devices = cfg.devices if cfg.devices == "auto" else int(cfg.devices)
-    if (out / "metrics.csv").exists() and not (out / "metrics.prev.csv").exists():
-        os.replace(out / "metrics.csv", out / "metrics.prev.csv")
-    _quiet_lightning()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(does not have many workers|GPU available|LeafSpec|Experiment logs directory|smaller than the logging interval|Checkpoint directory .* exists and is not empty).*")
-        trainer = pl.Trainer(
-            max_epochs=cfg.epochs,
-            accelerator=cfg.accelerator,
-            devices=devices,
-            num_nodes=cfg.num_nodes,
-            precision=resolve_precision(cfg.precision, cfg.accelerator),
-            logger=CSVLogger(save_dir=str(out), name="", version=""),
-            callbacks=[*cbs, *callbacks, ckpt],
-            plugins=[AtomicCheckpointIO()],
-            use_distributed_sampler=False,
-            log_every_n_steps=min(10, steps_per_epoch),
-            num_sanity_val_steps=0,
-            enable_model_summary=False,
-            default_root_dir=str(out),
-        )
-        t0 = time.perf_counter()
-        try:
-            trainer.fit(module, ckpt_path=str(out / "last.ckpt") if resume else None)
-        except SystemExit:
-            if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1) after a graceful shutdown
-                raise KeyboardInterrupt from None
-            raise
-        except (NonFiniteLoss, Collapsed) as e:
-            kept = out / "last.ckpt"
-            where = f"the last good checkpoint is {kept}" if kept.exists() else "no epoch had finished, so no checkpoint"
-            raise ReplearnError(f"{e}; {where}", "lower --lr, raise --temperature or --batch-size, then retry") from None
-        finally:
-            _merge_metrics(out)
+    trainer, seconds = fit(
+        module, out, cfg, [*cbs, *callbacks, ckpt], resume=resume, stop=(NonFiniteLoss, Collapsed),
+        hint="lower --lr, raise --temperature or --batch-size, then retry",
+        max_epochs=cfg.epochs, log_every_n_steps=min(10, steps_per_epoch),
+    )
     if trainer.global_rank == 0:
         # this session's figures (a resumed run reports the part it trained)
         views = module.views_seen * trainer.world_size
-        meta["train_seconds"] = round(time.perf_counter() - t0, 1)
+        meta["train_seconds"] = round(seconds, 1)
         meta["views_per_second"] = round(views / module.loop_seconds, 1) if module.loop_seconds > 0 else None
         meta["views"] = views
         atomic_write_text(json.dumps(meta, indent=2) + "\n", meta_path)

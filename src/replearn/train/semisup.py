@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -250,23 +248,14 @@ def semisup(config: SemiConfig | None = None, *, resume: bool = False, callbacks
     ``out`` continues from ``last.ckpt`` with its saved config (a larger ``steps`` given here wins).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger
 
     from replearn.data import load_data
     from replearn.data.labels import write_split
     from replearn.methods.base import parse_args
     from replearn.semisup import SEMI, SemiOptions
-    from replearn.train.callbacks import AtomicCheckpointIO
-    from replearn.train.run import (
-        _merge_metrics,
-        _quiet_lightning,
-        _resolve,
-        git_commit,
-        resolve_precision,
-        write_skipped,
-    )
+    from replearn.train.run import fit, git_commit, resolve_config, write_skipped
 
-    cfg = _resolve(config, resume, overrides, cls=SemiConfig)
+    cfg = resolve_config(config, resume, overrides, cls=SemiConfig)
     out = Path(cfg.out)
     if not resume and (out / "last.ckpt").exists():
         raise ReplearnError(f"{out} already holds a run", f"continue it with --resume, or choose another --out than {out}")
@@ -308,35 +297,13 @@ def semisup(config: SemiConfig | None = None, *, resume: bool = False, callbacks
     steps_per_epoch = max(1, len(data) // (cfg.mu * cfg.batch_size))
     refresh = 1 if sys.stdout.isatty() else max(1, steps_per_epoch // 10)
     ckpt = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False)
-    devices = cfg.devices if cfg.devices == "auto" else int(cfg.devices)
-    if (out / "metrics.csv").exists() and not (out / "metrics.prev.csv").exists():
-        (out / "metrics.csv").replace(out / "metrics.prev.csv")
-    _quiet_lightning()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(does not have many workers|GPU available|LeafSpec|Experiment logs directory|smaller than the logging interval|Checkpoint directory .* exists and is not empty).*")
-        trainer = pl.Trainer(
-            max_steps=cfg.steps, max_epochs=-1, accelerator=cfg.accelerator, devices=devices, num_nodes=cfg.num_nodes,
-            precision=resolve_precision(cfg.precision, cfg.accelerator),
-            logger=CSVLogger(save_dir=str(out), name="", version=""),
-            callbacks=[ClassifierExport(out, spec, split.classes), TQDMProgressBar(refresh_rate=refresh), *callbacks, ckpt],
-            plugins=[AtomicCheckpointIO()], use_distributed_sampler=False, log_every_n_steps=min(10, steps_per_epoch),
-            num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=str(out),
-        )
-        t0 = time.perf_counter()
-        try:
-            trainer.fit(module, ckpt_path=str(out / "last.ckpt") if resume else None)
-        except SystemExit:
-            if trainer.interrupted:
-                raise KeyboardInterrupt from None
-            raise
-        except NonFiniteLoss as e:
-            kept = out / "last.ckpt"
-            where = f"the last good checkpoint is {kept}" if kept.exists() else "no epoch had finished, so no checkpoint"
-            raise ReplearnError(f"{e}; {where}", "lower --lr, then retry") from None
-        finally:
-            _merge_metrics(out)
+    trainer, seconds = fit(
+        module, out, cfg, [ClassifierExport(out, spec, split.classes), TQDMProgressBar(refresh_rate=refresh), *callbacks, ckpt],
+        resume=resume, stop=(NonFiniteLoss,), hint="lower --lr, then retry",
+        max_steps=cfg.steps, max_epochs=-1, log_every_n_steps=min(10, steps_per_epoch),
+    )
     if trainer.global_rank == 0:
-        meta["train_seconds"] = round(time.perf_counter() - t0, 1)
+        meta["train_seconds"] = round(seconds, 1)
         meta["steps"] = int(trainer.global_step)
         meta["images_per_second"] = (
             round(module.images_seen * trainer.world_size / module.loop_seconds, 1) if module.loop_seconds > 0 else None
