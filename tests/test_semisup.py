@@ -14,7 +14,7 @@ from replearn.data.labels import LabelledSplit, check_split, draw_per_class, rea
 from replearn.errors import ReplearnError
 from replearn.nn import build_backbone, load_encoder
 from replearn.semisup import SEMI, SemiBatch, SemiOptions
-from replearn.semisup.base import load_classifier, ramp
+from replearn.semisup.base import load_classifier
 from replearn.train.run import pretrain
 from replearn.train.semisup import semisup, stream_positions
 
@@ -77,12 +77,6 @@ def test_stream_positions_cover_each_image_once_per_pass_and_split_ranks():
     # two ranks take alternate slices of the same sequence
     r0, r1 = stream_positions(1, b, n, 3, rank=0, world=2), stream_positions(1, b, n, 3, rank=1, world=2)
     assert torch.equal(torch.cat([r0, r1]), seq[8:16])
-
-
-def test_ramp_values():
-    assert ramp(0.0, 0.4) == pytest.approx(torch.exp(torch.tensor(-5.0)).item())
-    assert ramp(0.2, 0.4) == pytest.approx(torch.exp(torch.tensor(-1.25)).item())
-    assert ramp(0.4, 0.4) == ramp(0.9, 0.4) == ramp(0.1, 0.0) == 1.0
 
 
 # -- every method: two steps ----------------------------------------------------------------------

@@ -56,7 +56,8 @@ from replearn import __version__
 from replearn.config import PretrainConfig, make_config
 from replearn.data import load_data
 from replearn.nn import build_backbone, save_encoder
-from replearn.train.module import EpochSampler, step_generator, warmup_cosine
+from replearn.schedules import warmup_cosine
+from replearn.train.module import EpochSampler, step_generator
 from replearn.views import recipe
 
 

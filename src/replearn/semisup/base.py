@@ -18,7 +18,6 @@ unlabelled batch, which the trainer scores against the true labels where the dat
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,15 +74,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
-
-
-def ramp(progress: float, length: float) -> float:
-    """The sigmoid ramp-up exp(-5 (1 - t)^2), t = progress / length clipped to [0, 1] (Laine &
-    Aila; Mean Teacher; MixMatch uses a linear one): 0.0067 at the start, 1 from ``length`` on."""
-    if length <= 0:
-        return 1.0
-    t = min(1.0, max(0.0, progress / length))
-    return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
 class DistributionAlignment(nn.Module):

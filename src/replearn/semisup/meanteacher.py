@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from replearn.losses.semisup import mse_consistency
-from replearn.semisup.base import SEMI, SemiBatch, SemiMethod, ramp
+from replearn.schedules import sigmoid_ramp
+from replearn.semisup.base import SEMI, SemiBatch, SemiMethod
 
 
 @SEMI.register("meanteacher")
@@ -37,7 +38,7 @@ class MeanTeacher(SemiMethod):
             target = torch.softmax(self.predict(u_teacher.contiguous(memory_format=torch.channels_last)).float(), 1)
         loss_x = F.cross_entropy(logits_l, b.y_l)
         loss_u = mse_consistency(torch.softmax(logits_u, dim=1), target)
-        w = self.args.lambda_u * ramp(self.progress, self.args.rampup)
+        w = self.args.lambda_u * sigmoid_ramp(self.progress, self.args.rampup)
         ones = torch.ones(len(target), device=target.device)
         logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "pseudo": (target.argmax(1), ones)}
         return loss_x + w * loss_u, logs

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from replearn.losses.semisup import mse_consistency, sharpen, soft_cross_entropy
+from replearn.schedules import linear_ramp
 from replearn.semisup.base import SEMI, SemiBatch, SemiMethod
 from replearn.views.mix import mix_weights, mixup
 
@@ -60,7 +61,7 @@ class MixMatch(SemiMethod):
         logits_l, logits_u = self.forward_all(xl, xu)
         loss_x = soft_cross_entropy(logits_l, tl)
         loss_u = mse_consistency(torch.softmax(logits_u, dim=1), tu)
-        w = self.args.lambda_u * min(1.0, self.progress / self.args.rampup if self.args.rampup > 0 else 1.0)
+        w = self.args.lambda_u * linear_ramp(self.progress, self.args.rampup)
         ones = torch.ones(len(q), device=q.device)
         logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "pseudo": (q.argmax(1), ones)}
         return loss_x + w * loss_u, logs

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from replearn.losses.semisup import pseudo_label_loss
-from replearn.semisup.base import SEMI, SemiBatch, SemiMethod, ramp
+from replearn.schedules import sigmoid_ramp
+from replearn.semisup.base import SEMI, SemiBatch, SemiMethod
 
 
 @SEMI.register("pseudolabel")
@@ -33,6 +34,6 @@ class PseudoLabel(SemiMethod):
         loss_x = F.cross_entropy(logits_l, b.y_l)
         p = torch.softmax(logits_u.detach(), dim=1)
         loss_u, mask = pseudo_label_loss(logits_u, p, self.args.threshold)
-        w = self.args.lambda_u * ramp(self.progress, self.args.rampup)
+        w = self.args.lambda_u * sigmoid_ramp(self.progress, self.args.rampup)
         logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean(), "pseudo": (p.argmax(1), mask)}
         return loss_x + w * loss_u, logs

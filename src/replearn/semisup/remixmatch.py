@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from replearn.losses.semisup import sharpen, soft_cross_entropy
+from replearn.schedules import linear_ramp
 from replearn.semisup.base import SEMI, DistributionAlignment, SemiBatch, SemiMethod, SemiOptions
 from replearn.semisup.mixmatch import mix_batch
 from replearn.views import ops, weak_view
@@ -90,7 +91,7 @@ class ReMixMatch(SemiMethod):
         loss_u = soft_cross_entropy(logits_u, tu)
         loss_u1 = soft_cross_entropy(logits_u1, q)
         loss_rot = F.cross_entropy(self.rotation_head(feats[-n_u:]).float(), turns)
-        ramp = min(1.0, self.progress / self.args.rampup) if self.args.rampup > 0 else 1.0
+        ramp = linear_ramp(self.progress, self.args.rampup)
         loss = (loss_x + ramp * (self.args.lambda_u * loss_u + self.args.lambda_u1 * loss_u1)
                 + self.args.lambda_rot * loss_rot)
         ones = torch.ones(n_u, device=q.device)

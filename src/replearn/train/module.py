@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from replearn.data.imageset import ImageSet
 from replearn.methods.base import Method
+from replearn.schedules import warmup_cosine
 from replearn.views import ViewRecipe
 
 
@@ -76,13 +77,6 @@ def spread(x: torch.Tensor) -> torch.Tensor:
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """Augmentation randomness is a function of (seed, step, rank) alone, so resume is exact."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
-
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -11,7 +11,6 @@ uninterrupted one exactly.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from replearn.data.imageset import ImageSet
 from replearn.data.labels import LabelledSplit
 from replearn.errors import ReplearnError
 from replearn.fileio import atomic_write_text
+from replearn.schedules import fixmatch_cosine
 from replearn.semisup.base import SemiBatch, SemiMethod, save_classifier
 from replearn.train.module import (
     IndexedImages,
@@ -69,11 +69,6 @@ class StepSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.steps * self.batch
-
-
-def fixmatch_cosine(step: int, total: int) -> float:
-    """FixMatch's learning-rate decay cos(7 pi k / (16 K)): from 1 to about 0.2 at the end."""
-    return math.cos(7 * math.pi * min(step, total) / (16 * max(1, total)))
 
 
 class SemiModule(TimedLoop):
