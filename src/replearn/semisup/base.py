@@ -54,14 +54,15 @@ class SemiBatch:
     def weak(self, x: torch.Tensor) -> torch.Tensor:
         return weak_view(x, self.mean, self.std, self.g)
 
-    def strong(self, x: torch.Tensor, n_ops: int = 2) -> torch.Tensor:
+    def strong(self, x: torch.Tensor, n_ops: int = 2, cutout: float = 0.5) -> torch.Tensor:
         """FixMatch's strong view: the weak flip and shift, then RandAugment (``n_ops`` ops per
-        image, random magnitudes) and Cutout, each image with its own draw."""
+        image, random magnitudes) and Cutout (a square of side up to ``cutout`` of the image), each
+        image with its own draw."""
         from replearn.views import ops
         from replearn.views.strong import rand_augment
 
         base = weak_view(x, self.mean, self.std, self.g, normalize=False)
-        return ops.normalize(rand_augment(base, self.g, n_ops=n_ops), self.mean, self.std)
+        return ops.normalize(rand_augment(base, self.g, n_ops=n_ops, cutout_frac=cutout), self.mean, self.std)
 
 
 class Classifier(nn.Module):

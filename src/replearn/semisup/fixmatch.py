@@ -32,6 +32,7 @@ class FixMatch(SemiMethod):
         threshold: float = 0.95  # confidence a pseudo-label needs
         lambda_u: float = 1.0  # weight of the unlabelled loss
         n_ops: int = 2  # RandAugment ops per strong view
+        cutout: float = 0.5  # Cutout's largest side, as a fraction of the image's (0: none)
         distribution_alignment: bool = False
         adaptive_threshold: bool = False  # FlexMatch's class-adaptive thresholds (curriculum pseudo-labelling)
 
@@ -59,7 +60,7 @@ class FixMatch(SemiMethod):
         return per_class[pred]
 
     def training_step(self, b: SemiBatch) -> tuple[torch.Tensor, dict]:
-        logits_l, logits_w, logits_s = self.forward_all(b.weak(b.x_l), b.weak(b.x_u), b.strong(b.x_u, self.args.n_ops))
+        logits_l, logits_w, logits_s = self.forward_all(b.weak(b.x_l), b.weak(b.x_u), b.strong(b.x_u, self.args.n_ops, self.args.cutout))
         loss_x = F.cross_entropy(logits_l, b.y_l)
         p = torch.softmax(logits_w.detach(), dim=1)
         if self.align is not None:
