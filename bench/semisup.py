@@ -69,18 +69,27 @@ def table(summary: dict) -> str:
         + ("Rows marked † trained several runs at a time, sharing the machine." if any(
             r.get("jobs_at_once", 1) > 1 for r in runs) else "One run at a time."),
         "",
-        "| method | 40 labels | 250 labels | steps | train s (40 / 250) | commit |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | 40 labels | 250 labels | above supervised (40 / 250) | steps | train s (40 / 250) | commit |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def mean_of(row: str, per_class: int) -> float | None:
+        acc = [r["accuracy"] for r in runs if r["row"] == row and r["per_class"] == per_class]
+        return sum(acc) / len(acc) if acc else None
+
     for row in ROWS:
-        cells, secs, steps, commits = [], [], set(), set()
+        cells, secs, steps, commits, above = [], [], set(), set(), []
         for per_class in (4, 25):
             rs = [r for r in runs if r["row"] == row and r["per_class"] == per_class]
             if not rs:
                 cells.append("-")
                 secs.append("-")
+                above.append("-")
                 continue
             acc = [r["accuracy"] for r in rs]
+            base = mean_of("supervised", per_class)
+            above.append("-" if row == "supervised" or base is None else
+                         f"{'yes' if sum(acc) / len(acc) > base else 'no'} ({sum(acc) / len(acc) - base:+.1f})")
             cells.append(f"{sum(acc) / len(acc):.1f} [{min(acc):.1f}, {max(acc):.1f}] (n={len(acc)})")
             s = [r["train_seconds"] for r in rs if r.get("train_seconds")]
             shared = any(r.get("jobs_at_once", 1) > 1 for r in rs)
@@ -89,7 +98,8 @@ def table(summary: dict) -> str:
             commits |= {r.get("commit") for r in rs}
         if cells == ["-", "-"]:
             continue
-        lines.append(f"| {row} | {cells[0]} | {cells[1]} | {', '.join(map(str, sorted(s for s in steps if s)))} "
+        lines.append(f"| {row} | {cells[0]} | {cells[1]} | {' / '.join(above)} "
+                     f"| {', '.join(map(str, sorted(s for s in steps if s)))} "
                      f"| {' / '.join(secs)} | {', '.join(sorted(c for c in commits if c))} |")
     lines += ["", "Commands (one per run; `--labels-per-class 4|25 --seed 0|1|2`):", ""]
     seen = set()
