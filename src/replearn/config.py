@@ -67,7 +67,7 @@ class SemiConfig:
     labels_per_class: int | None = None  # or draw this many labelled images per class from the data's labels
     seed: int = 0  # draws the labels (with labels_per_class) and seeds training
     init: str | None = None  # start the backbone from this pretraining run (or its encoder.pt)
-    head_init: Literal["auto", "random", "probe"] = "auto"  # probe: the classifier starts as a logistic probe on the labels (auto: with --init)
+    head_init: Literal["auto", "random", "probe", "propagate"] = "auto"  # probe: the classifier starts as a logistic probe on the labels (auto: with --init); propagate: on the labels spread along the k-NN graph of the features
     backbone: str = "convnet"  # without --init: convnet | resnet18 | resnet50 | package.module:function
     width: int = 32  # convnet width
     small_stem: bool = True

@@ -194,15 +194,30 @@ def _labelled_split(cfg: SemiConfig, data: ImageSet) -> tuple[ImageSet, Labelled
 
 
 @torch.no_grad()
-def probe_head(net, data: ImageSet, split: LabelledSplit) -> None:
+def probe_head(net, data: ImageSet, split: LabelledSplit, propagate: bool = False, k: int = 10) -> None:
     """Start ``net.head`` as the logistic probe of the benchmark protocol (standardised features,
     C = 0.01) fit on the labelled images' features (evaluation view): the standardisation is
-    folded into the linear layer, so the classifier predicts what the probe predicts."""
+    folded into the linear layer, so the classifier predicts what the probe predicts.
+
+    With ``propagate`` the labels first spread to every image along the ``k``-NN graph of the
+    backbone's features (``nn.graph.label_spreading``) and the probe is fit on all the images the
+    labels reach, each with its propagated label (the labelled ones keep theirs)."""
     from replearn.evaluate.features import extract_features
     from replearn.evaluate.linear import DEFAULT_C, DEFAULT_MAX_ITER, fit_linear_probe
 
-    feats = extract_features(net.backbone, data.subset(split.index)).double().numpy()
-    scaler, clf = fit_linear_probe(feats, split.labels.numpy(), DEFAULT_C, DEFAULT_MAX_ITER)
+    if propagate:
+        from replearn.nn.graph import knn_indices, label_spreading
+
+        feats_t = extract_features(net.backbone, data).float()
+        scores = label_spreading(knn_indices(feats_t, k), split.index, split.labels, split.n_classes)
+        y = scores.argmax(1)
+        y[split.index] = split.labels
+        reached = scores.sum(1) > 0
+        feats, labels = feats_t[reached].double().numpy(), y[reached].numpy()
+    else:
+        feats = extract_features(net.backbone, data.subset(split.index)).double().numpy()
+        labels = split.labels.numpy()
+    scaler, clf = fit_linear_probe(feats, labels, DEFAULT_C, DEFAULT_MAX_ITER)
     coef, bias = torch.from_numpy(clf.coef_), torch.from_numpy(clf.intercept_)
     if coef.shape[0] == 1:  # two classes: sklearn keeps one row, the logit of class 1 against class 0
         coef, bias = torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros_like(bias), bias])
@@ -283,8 +298,8 @@ def semisup(config: SemiConfig | None = None, *, resume: bool = False, callbacks
 
     method = method_cls(backbone, SemiOptions(n_classes=split.n_classes, ema=cfg.ema, args=cfg.method_args))
     method.bind_labels(split.labels, len(data))
-    if not resume and (cfg.head_init == "probe" or (cfg.head_init == "auto" and cfg.init)):
-        probe_head(method.net, data, split)
+    if not resume and (cfg.head_init in ("probe", "propagate") or (cfg.head_init == "auto" and cfg.init)):
+        probe_head(method.net, data, split, propagate=cfg.head_init == "propagate")
         method.ema.load_state_dict(method.net.state_dict())
     truth = data.has_labels and list(data.classes or [str(i) for i in range(int(data.labels.max()) + 1)]) == split.classes
     module = SemiModule(method, data, split, cfg.batch_size, cfg.mu, cfg.seed, cfg.optimizer, cfg.lr,
