@@ -7,7 +7,6 @@ import hashlib
 import logging
 import pickle
 import re
-import time
 import urllib.error
 import warnings
 from pathlib import Path
@@ -66,11 +65,8 @@ def no_fashion_anywhere(monkeypatch, tmp_path):
 )
 def test_fashion_mnist_from_debian(monkeypatch):
     monkeypatch.delenv("REPLEARN_DATA", raising=False)
-    start = time.perf_counter()
     train = load_data("fashion-mnist")
-    seconds = time.perf_counter() - start
     test = load_data("fashion-mnist", split="test")
-    assert seconds < 4, f"loading took {seconds:.1f} s"
     for data, n in ((train, 60000), (test, 10000)):
         assert data.images.shape == (n, 1, 28, 28) and data.images.dtype == torch.uint8
         assert data.labels.bincount().tolist() == [n // 10] * 10
