@@ -209,6 +209,7 @@ def probe_head(net, data: ImageSet, split: LabelledSplit, propagate: bool = Fals
         from replearn.nn.graph import knn_indices, label_spreading
 
         feats_t = extract_features(net.backbone, data).float()
+        k = min(k, len(feats_t) - 1)  # a tiny dataset has fewer than k other images
         scores = label_spreading(knn_indices(feats_t, k), split.index, split.labels, split.n_classes)
         y = scores.argmax(1)
         y[split.index] = split.labels
