@@ -10,6 +10,13 @@ then scored by the test accuracy of its EMA classifier (``classifier_accuracy``,
     python bench/semisup.py --out runs/semisup --only fixmatch+init --labels 4 --seeds 0
     python bench/semisup.py --out /tmp/ss --steps 20 --seeds 0 --labels 4 --parallel 2   # smoke check
     python bench/semisup.py --out runs/semisup --write docs/results.md
+    python bench/semisup.py --out runs/semisup-gpu --only fixmatch,remixmatch --minutes 5 --parallel 12 \
+        --threads 1                                     # a GPU session: each run sized to 5 minutes
+    python bench/semisup.py --out runs/semisup-gpu --write docs/results.md --marker semisup-gpu
+
+``--minutes M`` replaces the configs' step budgets: each row first trains ``CALIBRATION_STEPS`` steps
+(as many runs at once as ``--parallel``, so the machine is shared as it will be), and its runs then
+get as many steps as that speed fits into M minutes.
 
 A run already trained in ``--out`` is only scored again; rows of earlier calls are kept.
 """
@@ -27,18 +34,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo import _run, machine, write_section  # noqa: E402
 
-MARK_START, MARK_END = "<!-- semisup:start -->", "<!-- semisup:end -->"
+CALIBRATION_STEPS = 60
 ROWS = ["supervised", "pseudolabel", "meanteacher", "mixmatch", "fixmatch", "remixmatch", "fixmatch+init",
         "remixmatch+init"]
 
 
-def job(row: str, per_class: int, seed: int, args) -> dict:
+def job(row: str, per_class: int, seed: int, args, steps: int | None = None, root: Path | None = None) -> dict:
     method, init = row.removesuffix("+init"), row.endswith("+init")
-    out = Path(args.out) / row / f"{per_class}x{seed}"
+    steps = steps or args.steps
+    out = (root or Path(args.out)) / row / f"{per_class}x{seed}"
     rec = {"row": row, "per_class": per_class, "seed": seed, "jobs_at_once": args.parallel}
     cmd = [sys.executable, "-m", "replearn", "semisup", "--config", f"configs/semisup/{method}.yaml",
            "--labels-per-class", str(per_class), "--seed", str(seed), "--out", str(out),
-           *(["--init", args.init] if init else []), *(["--steps", str(args.steps)] if args.steps else [])]
+           *(["--init", args.init] if init else []), *(["--steps", str(steps)] if steps else [])]
     rec["cmd"] = " ".join(["replearn", *cmd[3:]])
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "classifier.pt").exists() or not (out / "meta.json").exists() or "steps" not in json.loads(
@@ -61,11 +69,30 @@ def job(row: str, per_class: int, seed: int, args) -> dict:
     return rec
 
 
+def calibrate(rows: list[str], todo: list[tuple], args, root: Path) -> dict[str, int]:
+    """Steps per row that fit ``args.minutes``, from CALIBRATION_STEPS-step runs made as many at once as
+    the real runs will be (their seconds include start-up, so the estimate errs short)."""
+    firsts = [next(t for t in todo if t[0] == r) for r in rows]
+    jobs = firsts + [t for t in todo if t not in firsts][: max(args.parallel - len(firsts), 0)]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        recs = list(pool.map(lambda t: job(*t, args, CALIBRATION_STEPS, root), jobs))
+    steps = {}
+    for r in rows:
+        secs = [x["train_seconds"] / x["steps"] for x in recs if x["row"] == r and x.get("train_seconds")]
+        if not secs:
+            raise SystemExit(f"calibration of {r} failed: {next((x.get('error') for x in recs if x['row'] == r), '')}")
+        steps[r] = max(CALIBRATION_STEPS, int(args.minutes * 60 / max(secs) // 10 * 10))
+        print(f"{r}: {max(secs):.3f} s a step -> {steps[r]} steps in {args.minutes:g} min", flush=True)
+    return steps
+
+
 def table(summary: dict) -> str:
     runs = [r for r in summary["runs"] if "accuracy" in r]
     lines = [
         f"Machine: {summary['machine']}; {summary['date']}. Test top-1 (%) of the EMA classifier, mean [min, max] "
         "over seeds (n = the seeds measured); seconds and steps per run (mean). "
+        + (f"Each run was sized to {summary['minutes']:g} minutes from a timed {CALIBRATION_STEPS}-step run of its "
+           "row. " if summary.get("minutes") else "")
         + ("Rows marked † trained several runs at a time, sharing the machine." if any(
             r.get("jobs_at_once", 1) > 1 for r in runs) else "One run at a time."),
         "",
@@ -120,11 +147,15 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None, help="override the configs' steps (smoke checks)")
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="size every run to this many minutes from a timed calibration run of its row")
     p.add_argument("--write", default=None, help="write the table into this markdown file and stop")
+    p.add_argument("--marker", default="semisup", help="the section of --write: <!-- MARKER:start/end -->")
     args = p.parse_args()
     out = Path(args.out)
     if args.write:
-        write_section(Path(args.write), table(json.loads((out / "summary.json").read_text())), MARK_START, MARK_END)
+        write_section(Path(args.write), table(json.loads((out / "summary.json").read_text())),
+                      f"<!-- {args.marker}:start -->", f"<!-- {args.marker}:end -->")
         print(f"wrote {args.write}")
         return 0
     rows = [r for r in ROWS if not args.only or r in args.only.split(",")]
@@ -135,13 +166,15 @@ def main() -> int:
     earlier = json.loads((out / "summary.json").read_text())["runs"] if (out / "summary.json").exists() else []
     keep = [e for e in earlier if (e["row"], e["per_class"], e["seed"]) not in set(todo)]
     t0 = time.perf_counter()
+    budget = calibrate(rows, todo, args, out / "_calibration") if args.minutes else {}
     done = []
     with ThreadPoolExecutor(args.parallel) as pool:
-        futures = [pool.submit(job, *t, args) for t in todo]
+        futures = [pool.submit(job, *t, args, budget.get(t[0])) for t in todo]
         for f in futures:
             r = f.result()
             done.append(r)
-            summary = {"machine": machine(), "date": datetime.now(UTC).strftime("%Y-%m-%d"), "runs": keep + done}
+            summary = {"machine": machine(), "date": datetime.now(UTC).strftime("%Y-%m-%d"), "runs": keep + done,
+                       **({"minutes": args.minutes, "steps": budget} if budget else {})}
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             status = f"{r['accuracy']:.1f}" if "accuracy" in r else "FAILED"
             print(f"[{time.perf_counter() - t0:6.0f}s] {r['row']} {r['per_class']}x{r['seed']}: {status}", flush=True)

@@ -23,7 +23,10 @@ from replearn.fileio import atomic_write_text
 
 
 def git_commit() -> str | None:
-    """The commit of the replearn source tree, when it is a git checkout."""
+    """The commit of the replearn source tree, when it is a git checkout; else ``$REPLEARN_GIT_COMMIT``
+    (set by whoever copied the tree elsewhere without its history, e.g. onto a GPU machine)."""
+    if os.environ.get("REPLEARN_GIT_COMMIT"):
+        return os.environ["REPLEARN_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
