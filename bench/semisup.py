@@ -145,6 +145,7 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--init", default="runs/demo", help="the pretraining run of the +init rows")
     p.add_argument("--steps", type=int, default=None, help="override the configs' steps (smoke checks)")
+    p.add_argument("--extra", default="", help="more 'replearn semisup' options for every run, e.g. '--width 64'")
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     p.add_argument("--minutes", type=float, default=None,
