@@ -46,7 +46,7 @@ def job(row: str, per_class: int, seed: int, args, steps: int | None = None, roo
     rec = {"row": row, "per_class": per_class, "seed": seed, "jobs_at_once": args.parallel}
     cmd = [sys.executable, "-m", "replearn", "semisup", "--config", f"configs/semisup/{method}.yaml",
            "--labels-per-class", str(per_class), "--seed", str(seed), "--out", str(out),
-           *(["--init", args.init] if init else []), *(["--steps", str(steps)] if steps else [])]
+           *(["--init", args.init] if init else []), *(["--steps", str(steps)] if steps else []), *args.extra.split()]
     rec["cmd"] = " ".join(["replearn", *cmd[3:]])
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "classifier.pt").exists() or not (out / "meta.json").exists() or "steps" not in json.loads(
