@@ -91,8 +91,8 @@ def table(summary: dict) -> str:
     lines = [
         f"Machine: {summary['machine']}; {summary['date']}. Test top-1 (%) of the EMA classifier, mean [min, max] "
         "over seeds (n = the seeds measured); seconds and steps per run (mean). "
-        + (f"Each run was sized to {summary['minutes']:g} minutes from a timed {CALIBRATION_STEPS}-step run of its "
-           "row. " if summary.get("minutes") else "")
+        + (f"Each run's steps were sized from a timed {CALIBRATION_STEPS}-step run of its row to a budget of "
+           + ", ".join(f"{m:g} min ({r})" for r, m in summary["minutes"].items()) + ". " if summary.get("minutes") else "")
         + ("Rows marked † trained several runs at a time, sharing the machine." if any(
             r.get("jobs_at_once", 1) > 1 for r in runs) else "One run at a time."),
         "",
@@ -164,10 +164,12 @@ def main() -> int:
         raise SystemExit(f"no encoder in {args.init}: run 'make demo' first, or pass --init RUN")
     todo = [(r, int(k), int(s)) for r in rows for k in args.labels.split(",") for s in args.seeds.split(",")]
     out.mkdir(parents=True, exist_ok=True)
-    earlier = json.loads((out / "summary.json").read_text())["runs"] if (out / "summary.json").exists() else []
-    keep = [e for e in earlier if (e["row"], e["per_class"], e["seed"]) not in set(todo)]
+    earlier = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {"runs": []}
+    keep = [e for e in earlier["runs"] if (e["row"], e["per_class"], e["seed"]) not in set(todo)]
     t0 = time.perf_counter()
     budget = calibrate(rows, todo, args, out / "_calibration") if args.minutes else {}
+    minutes = {**earlier.get("minutes", {}), **{r: args.minutes for r in budget}}
+    steps = {**earlier.get("steps", {}), **budget}
     done = []
     with ThreadPoolExecutor(args.parallel) as pool:
         futures = [pool.submit(job, *t, args, budget.get(t[0])) for t in todo]
@@ -175,7 +177,7 @@ def main() -> int:
             r = f.result()
             done.append(r)
             summary = {"machine": machine(), "date": datetime.now(UTC).strftime("%Y-%m-%d"), "runs": keep + done,
-                       **({"minutes": args.minutes, "steps": budget} if budget else {})}
+                       **({"minutes": minutes, "steps": steps} if minutes else {})}
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             status = f"{r['accuracy']:.1f}" if "accuracy" in r else "FAILED"
             print(f"[{time.perf_counter() - t0:6.0f}s] {r['row']} {r['per_class']}x{r['seed']}: {status}", flush=True)

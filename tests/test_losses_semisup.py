@@ -9,7 +9,9 @@ from replearn.losses.semisup import (
     align_distribution,
     confidence_mask,
     flexmatch_thresholds,
+    graph_contrastive_loss,
     mse_consistency,
+    pseudo_label_graph,
     pseudo_label_loss,
     sharpen,
     soft_cross_entropy,
@@ -112,3 +114,34 @@ def test_flexmatch_thresholds_hand_case():
     # without warm-up: beta = sigma / 2 = (1, 1/2, 0) -> (0.9, 0.3, 0)
     torch.testing.assert_close(flexmatch_thresholds(learned, 3, 0.9, warmup=False), torch.tensor([0.9, 0.3, 0.0]))
     assert flexmatch_thresholds(torch.full((4,), -1), 2, 0.95).tolist() == [0.0, 0.0]
+
+
+def test_pseudo_label_graph_hand_cases():
+    p = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # p_i . p_j: images 0 and 1 share class 0 for sure, image 2 shares with nobody
+    torch.testing.assert_close(pseudo_label_graph(p, 0.8), torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]))
+    q = torch.tensor([[0.6, 0.4], [0.6, 0.4]])  # p_0 . p_1 = 0.36 + 0.16 = 0.52, and W_00 = 1 whatever p_0 . p_0 is
+    torch.testing.assert_close(pseudo_label_graph(q, 0.8), torch.eye(2))
+    torch.testing.assert_close(pseudo_label_graph(q, 0.5), torch.tensor([[1 / 1.52, 0.52 / 1.52], [0.52 / 1.52, 1 / 1.52]]))
+    torch.testing.assert_close(pseudo_label_graph(p, 1.01), torch.eye(3))  # > 1: instance contrast
+
+
+def test_graph_contrastive_loss_matches_float64_loop():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    w = torch.rand(5, 5, generator=g)
+    w = w / w.sum(1, keepdim=True)
+    t = 0.3
+    total = 0.0
+    for i in range(5):
+        qi = q[i].double() / q[i].double().norm()
+        sims = [float(qi @ (k[j].double() / k[j].double().norm())) / t for j in range(5)]
+        log_z = math.log(sum(math.exp(s) for s in sims))
+        total += -sum(float(w[i, j]) * (sims[j] - log_z) for j in range(5))
+    got = graph_contrastive_loss(q, k, w, t)
+    assert got.dtype == torch.float32 and abs(got.item() - total / 5) < 1e-5
+    # the identity graph is InfoNCE with the other view of the same image as the positive
+    eye = torch.eye(5)
+    qn, kn = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(k, dim=1)
+    ref = torch.nn.functional.cross_entropy(qn @ kn.t() / t, torch.arange(5))
+    torch.testing.assert_close(graph_contrastive_loss(q, k, eye, t), ref)

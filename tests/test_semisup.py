@@ -80,7 +80,10 @@ def test_stream_positions_cover_each_image_once_per_pass_and_split_ranks():
 
 
 # -- every method: two steps ----------------------------------------------------------------------
-WALK = [(n, {}) for n in SEMI.names()] + [("fixmatch", {"distribution_alignment": True, "adaptive_threshold": True})]
+WALK = [(n, {}) for n in SEMI.names()] + [
+    ("fixmatch", {"distribution_alignment": True, "adaptive_threshold": True}),
+    ("fixmatch", {"contrastive": 1.0, "graph_threshold": 0.5}),
+]
 
 
 @pytest.mark.parametrize("name,args", WALK)

@@ -69,3 +69,24 @@ def flexmatch_thresholds(learned: torch.Tensor, n_classes: int, threshold: float
         return torch.full((n_classes,), 0.0)  # nothing learned yet: beta = 0 for every class
     beta = sigma / top
     return threshold * beta / (2 - beta)
+
+
+def pseudo_label_graph(p: torch.Tensor, threshold: float) -> torch.Tensor:
+    """CoMatch's target graph (arXiv:2011.11183, eq. 4) over one unlabelled batch: W_ij = p_i . p_j
+    (the chance that images i and j share a class under the weak predictions ``p``), zeroed below
+    ``threshold``, with W_ii = 1; each row then normalised to sum to 1. ``threshold`` > 1 keeps only
+    the diagonal (every image is its own and only positive: instance contrast)."""
+    p = p.float()
+    w = p @ p.t()
+    w = w * (w >= threshold).float()
+    w.fill_diagonal_(1.0)
+    return w / w.sum(dim=1, keepdim=True)
+
+
+def graph_contrastive_loss(q: torch.Tensor, k: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy from the target graph ``target`` (N, N rows summing to 1) to the softmax over
+    keys of the similarities of L2-normalised queries ``q`` (N, D) and keys ``k`` (N, D) divided by
+    ``temperature``: -mean_i sum_j target_ij log softmax_j(q_i . k_j / t). Row i's key i is the
+    other view of image i."""
+    q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
+    return soft_cross_entropy(q @ k.t() / temperature, target)

@@ -157,11 +157,16 @@ class SemiMethod(nn.Module):
         finally:
             self.ema.train(was)
 
-    def forward_all(self, *views: torch.Tensor) -> list[torch.Tensor]:
+    def forward_all(self, *views: torch.Tensor, features: bool = False):
         """One forward pass of the concatenated views (shared batch-norm statistics, as the papers
-        do), split back into the views' logits, in float32."""
-        logits = self.net(torch.cat(views).contiguous(memory_format=torch.channels_last)).float()
-        return list(logits.split([len(v) for v in views]))
+        do), split back into the views' logits, in float32; with ``features=True`` also the views'
+        backbone features: (logits list, features list)."""
+        sizes = [len(v) for v in views]
+        f = self.net.backbone(torch.cat(views).contiguous(memory_format=torch.channels_last))
+        logits = self.net.head(f).float()
+        if features:
+            return list(logits.split(sizes)), list(f.float().split(sizes))
+        return list(logits.split(sizes))
 
 
 CLASSIFIER_FORMAT = "replearn-classifier-1"

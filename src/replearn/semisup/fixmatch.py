@@ -6,8 +6,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from replearn.losses.semisup import flexmatch_thresholds, pseudo_label_loss
+from replearn.losses.semisup import (
+    flexmatch_thresholds,
+    graph_contrastive_loss,
+    pseudo_label_graph,
+    pseudo_label_loss,
+)
 from replearn.semisup.base import SEMI, DistributionAlignment, SemiBatch, SemiMethod, SemiOptions
 
 
@@ -20,7 +26,12 @@ class FixMatch(SemiMethod):
     view, kept where that prediction reaches ``threshold``, averaged over the whole unlabelled
     batch. ``distribution_alignment=true`` first aligns the weak predictions to the labelled class
     marginal (ReMixMatch's fix for a model that starves some classes); ``adaptive_threshold=true``
-    lowers the threshold of the classes learned least so far (FlexMatch, arXiv:2110.08263)."""
+    lowers the threshold of the classes learned least so far (FlexMatch, arXiv:2110.08263).
+    ``contrastive`` > 0 adds CoMatch's graph-contrastive term (arXiv:2011.11183) with that weight: a
+    projection of each strong view is pulled to the projections of the weak views of the images its
+    weak prediction probably shares a class with (``graph_threshold``), itself included, and pushed
+    from the rest of the batch; the embedding learns from every unlabelled image, not only the
+    confident ones."""
 
     paper = (
         "Sohn et al., FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence, "
@@ -35,10 +46,17 @@ class FixMatch(SemiMethod):
         cutout: float = 0.5  # Cutout's largest side, as a fraction of the image's (0: none)
         distribution_alignment: bool = False
         adaptive_threshold: bool = False  # FlexMatch's class-adaptive thresholds (curriculum pseudo-labelling)
+        contrastive: float = 0.0  # weight of the graph-contrastive term (0: none)
+        graph_threshold: float = 0.8  # W_ij = p_i . p_j below this is not a positive pair (> 1: the image only)
+        temperature: float = 0.2  # of the graph-contrastive softmax
+        proj_dim: int = 64  # width of the projection the graph-contrastive term compares
 
     def __init__(self, backbone, opts: SemiOptions):
         super().__init__(backbone, opts)
         self.align = DistributionAlignment(opts.n_classes) if self.args.distribution_alignment else None
+        if self.args.contrastive > 0:
+            d = int(backbone.out_dim)
+            self.proj = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, self.args.proj_dim))
 
     def bind_labels(self, labels: torch.Tensor, n_images: int) -> None:
         if self.align is not None:
@@ -60,11 +78,21 @@ class FixMatch(SemiMethod):
         return per_class[pred]
 
     def training_step(self, b: SemiBatch) -> tuple[torch.Tensor, dict]:
-        logits_l, logits_w, logits_s = self.forward_all(b.weak(b.x_l), b.weak(b.x_u), b.strong(b.x_u, self.args.n_ops, self.args.cutout))
+        views = (b.weak(b.x_l), b.weak(b.x_u), b.strong(b.x_u, self.args.n_ops, self.args.cutout))
+        if self.args.contrastive > 0:
+            (logits_l, logits_w, logits_s), (_, f_w, f_s) = self.forward_all(*views, features=True)
+        else:
+            logits_l, logits_w, logits_s = self.forward_all(*views)
         loss_x = F.cross_entropy(logits_l, b.y_l)
         p = torch.softmax(logits_w.detach(), dim=1)
         if self.align is not None:
             p = self.align(p)
         loss_u, mask = pseudo_label_loss(logits_s, p, self._threshold(p, b.u_index))
         logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean(), "pseudo": (p.argmax(1), mask)}
-        return loss_x + self.args.lambda_u * loss_u, logs
+        loss = loss_x + self.args.lambda_u * loss_u
+        if self.args.contrastive > 0:
+            target = pseudo_label_graph(p, self.args.graph_threshold)
+            loss_c = graph_contrastive_loss(self.proj(f_s), self.proj(f_w).detach(), target, self.args.temperature)
+            logs["loss_c"] = loss_c.detach()
+            loss = loss + self.args.contrastive * loss_c
+        return loss, logs
