@@ -83,7 +83,14 @@ def test_stream_positions_cover_each_image_once_per_pass_and_split_ranks():
 WALK = [(n, {}) for n in SEMI.names()] + [
     ("fixmatch", {"distribution_alignment": True, "adaptive_threshold": True}),
     ("fixmatch", {"contrastive": 1.0, "graph_threshold": 0.5}),
+    ("meanteacher", {"student_view": "strong"}),
 ]
+
+
+def test_meanteacher_refuses_an_unknown_student_view():
+    with pytest.raises(ReplearnError, match="student_view"):
+        SEMI.get("meanteacher")(build_backbone("convnet", 1, 8, width=8),
+                                SemiOptions(n_classes=10, args={"student_view": "medium"}))
 
 
 @pytest.mark.parametrize("name,args", WALK)
