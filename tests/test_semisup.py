@@ -3,6 +3,7 @@ folder, resume and --init."""
 
 import csv
 import json
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -448,3 +449,14 @@ def test_propagated_head_on_a_tiny_dataset():
     net = Classifier(build_backbone("convnet", 1, 8, width=8), 2).eval()
     probe_head(net, data, split, propagate=True)
     assert torch.isfinite(net.head.weight).all()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs" / "semisup").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_semisup_config_builds_its_method(path):
+    from replearn.config import SemiConfig, make_config
+
+    cfg = make_config(SemiConfig, path)
+    method = SEMI.get(cfg.method)(build_backbone("convnet", 1, 8, width=8),
+                                  SemiOptions(n_classes=10, ema=cfg.ema, args=cfg.method_args))
+    assert cfg.steps > 0 and cfg.mu >= 1 and all(getattr(method.args, k) == v for k, v in cfg.method_args.items())
