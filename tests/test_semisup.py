@@ -460,3 +460,24 @@ def test_every_semisup_config_builds_its_method(path):
     method = SEMI.get(cfg.method)(build_backbone("convnet", 1, 8, width=8),
                                   SemiOptions(n_classes=10, ema=cfg.ema, args=cfg.method_args))
     assert cfg.steps > 0 and cfg.mu >= 1 and all(getattr(method.args, k) == v for k, v in cfg.method_args.items())
+
+
+@pytest.mark.parametrize("view,strong_calls", [("weak", 0), ("strong", 1)])
+def test_meanteacher_student_view_picks_the_strong_view(monkeypatch, view, strong_calls):
+    data = load_data("digits", "train")
+    calls = []
+    original = SemiBatch.strong
+    monkeypatch.setattr(SemiBatch, "strong", lambda self, x, *a, **k: calls.append(len(x)) or original(self, x, *a, **k))
+    method = SEMI.get("meanteacher")(build_backbone("convnet", 1, 8, width=8),
+                                     SemiOptions(n_classes=10, args={"student_view": view}))
+    b = SemiBatch(data.images[:16], data.labels[:16], data.images[16:48], data.mean, data.std,
+                  torch.Generator().manual_seed(0))
+    method.training_step(b)
+    assert calls == [32] * strong_calls  # the 32 unlabelled images, once, and only for the strong student
+
+
+def test_git_commit_names_the_copied_trees_commit(monkeypatch):
+    from replearn.train.run import git_commit
+
+    monkeypatch.setenv("REPLEARN_GIT_COMMIT", "abc1234")
+    assert git_commit() == "abc1234"

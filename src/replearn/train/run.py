@@ -23,8 +23,8 @@ from replearn.fileio import atomic_write_text
 
 
 def git_commit() -> str | None:
-    """The commit of the replearn source tree, when it is a git checkout; else ``$REPLEARN_GIT_COMMIT``
-    (set by whoever copied the tree elsewhere without its history, e.g. onto a GPU machine)."""
+    """``$REPLEARN_GIT_COMMIT`` when set (by whoever copied the tree elsewhere without its history,
+    e.g. onto a GPU machine), else the commit of the replearn source tree when it is a git checkout."""
     if os.environ.get("REPLEARN_GIT_COMMIT"):
         return os.environ["REPLEARN_GIT_COMMIT"]
     try:
