@@ -481,3 +481,39 @@ def test_git_commit_names_the_copied_trees_commit(monkeypatch):
 
     monkeypatch.setenv("REPLEARN_GIT_COMMIT", "abc1234")
     assert git_commit() == "abc1234"
+
+
+def test_fixmatch_propagated_scores_join_the_weak_prediction():
+    data = load_data("digits", "train")
+    method = SEMI.get("fixmatch")(build_backbone("convnet", 1, 8, width=8),
+                                  SemiOptions(n_classes=10, args={"propagate_every": 5, "threshold": 0.5}))
+    method.bind_labels(data.labels[:16], n_images=48)
+    assert method.graph_every == 5 and method.graph_p.shape == (48, 10) and "graph_p" in method.state_dict()
+    scores = torch.zeros(48, 10)
+    scores[:, 3] = 2.0
+    scores[:, 4] = 2.0
+    scores[40:] = 0.0  # rows the labels never reached
+    method.set_graph_scores(scores)
+    torch.testing.assert_close(method.graph_p[0], torch.tensor([0, 0, 0, 0.5, 0.5, 0, 0, 0, 0, 0]))
+    torch.testing.assert_close(method.graph_p[45], torch.full((10,), 0.1))
+    scores[:40, 4] = 0.0  # now every reached image is class 3 for sure
+    method.set_graph_scores(scores)
+    with torch.no_grad():  # the model itself says 0.1 for every class: the target is (0.1 + 1) / 2 = 0.55
+        method.net.head.weight.zero_()
+        method.net.head.bias.zero_()
+    b = SemiBatch(data.images[:16], data.labels[:16], data.images[16:48], data.mean, data.std,
+                  torch.Generator().manual_seed(0), torch.arange(16, 48))
+    _, logs = method.training_step(b)
+    labels, mask = logs["pseudo"]
+    assert labels[:24].tolist() == [3] * 24 and mask[:24].tolist() == [1.0] * 24  # images 16..39: 0.55 >= 0.5
+    assert mask[24:].tolist() == [0.0] * 8  # images 40..47: (0.1 + 0.1) / 2 everywhere
+
+
+def test_fixmatch_propagation_refreshes_during_a_run(tmp_path):
+    out = semisup(out=str(tmp_path / "prop"), labels_per_class=2, method="fixmatch", steps=4,
+                  method_args={"propagate_every": 2, "threshold": 0.5}, **TINY)
+    state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    graph_p = state["method.graph_p"]
+    assert graph_p.shape == (256, 10)
+    torch.testing.assert_close(graph_p.sum(1), torch.ones(256))
+    assert (graph_p.max(1).values > 0.1).any()  # spread from the labels, not all uniform

@@ -7,6 +7,10 @@ own state (running means, augmentation weights) as buffers, so checkpoints carry
 
     bind_labels(labels, n_images)     once, before training (class marginal, per-image state)
     set_progress(step, total)         before each step (ramp-ups and schedules)
+    set_graph_scores(scores)          every ``graph_every`` steps (0: never), before that step: label
+                                      scores (N, K) of every image, spread from the labels along the
+                                      k-NN graph of the EMA model's features (FixMatch's
+                                      ``propagate_every``)
     training_step(batch)              -> (loss, logs); ``batch`` is a ``SemiBatch`` of uint8 images:
                                       the method draws its own weak/strong views from them
     after_step()                      after each optimiser step (the EMA update)
@@ -127,6 +131,12 @@ class SemiMethod(nn.Module):
     def bind_labels(self, labels: torch.Tensor, n_images: int) -> None:
         """Sees the labels of the labelled set and the number of training images once before
         training (class marginals, per-image state)."""
+
+    graph_every: int = 0  # steps between label-spreading refreshes; 0: the method takes none
+    graph_k: int = 10  # neighbours of the graph
+
+    def set_graph_scores(self, scores: torch.Tensor) -> None:
+        """Receives (N, K) label-spreading scores of every training image (see the module doc)."""
 
     def set_progress(self, step: int, total_steps: int) -> None:
         self.step, self.total_steps = step, max(1, total_steps)

@@ -31,7 +31,10 @@ class FixMatch(SemiMethod):
     projection of each strong view is pulled to the projections of the weak views of the images its
     weak prediction probably shares a class with (``graph_threshold``), itself included, and pushed
     from the rest of the batch; the embedding learns from every unlabelled image, not only the
-    confident ones."""
+    confident ones. ``propagate_every`` = S > 0 makes the target the mean of the (aligned) weak
+    prediction and the image's label-spreading scores, re-spread every S steps from the labels along
+    the ``graph_k``-NN graph of the EMA model's features (after Iscen et al., CVPR 2019): a second,
+    less self-confirming source of pseudo-labels."""
 
     paper = (
         "Sohn et al., FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence, "
@@ -50,10 +53,13 @@ class FixMatch(SemiMethod):
         graph_threshold: float = 0.8  # W_ij = p_i . p_j below this is not a positive pair (> 1: the image only)
         temperature: float = 0.2  # of the graph-contrastive softmax
         proj_dim: int = 64  # width of the projection the graph-contrastive term compares
+        propagate_every: int = 0  # steps between label-spreading refreshes of the targets (0: none)
+        graph_k: int = 10  # neighbours of the label-spreading graph
 
     def __init__(self, backbone, opts: SemiOptions):
         super().__init__(backbone, opts)
         self.align = DistributionAlignment(opts.n_classes) if self.args.distribution_alignment else None
+        self.graph_every, self.graph_k = self.args.propagate_every, self.args.graph_k
         if self.args.contrastive > 0:
             d = int(backbone.out_dim)
             self.proj = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, self.args.proj_dim))
@@ -61,8 +67,16 @@ class FixMatch(SemiMethod):
     def bind_labels(self, labels: torch.Tensor, n_images: int) -> None:
         if self.align is not None:
             self.align.set_label_marginal(labels)
+        if self.graph_every > 0:  # per image: its latest spread scores as probabilities (0: none yet)
+            self.register_buffer("graph_p", torch.zeros(n_images, self.n_classes))
         if self.args.adaptive_threshold:  # per image: the class its latest confident prediction named
             self.register_buffer("learned", torch.full((n_images,), -1, dtype=torch.long))
+
+    def set_graph_scores(self, scores: torch.Tensor) -> None:
+        """Rows normalised to probabilities; a row the labels never reached becomes uniform."""
+        total = scores.sum(1, keepdim=True)
+        p = torch.where(total > 0, scores / total.clamp_min(1e-30), torch.full_like(scores, 1.0 / scores.shape[1]))
+        self.graph_p.copy_(p.to(self.graph_p.device))
 
     def _threshold(self, p: torch.Tensor, u_index: torch.Tensor | None) -> float | torch.Tensor:
         """The fixed threshold, or per row FlexMatch's threshold of the row's predicted class, from
@@ -87,6 +101,8 @@ class FixMatch(SemiMethod):
         p = torch.softmax(logits_w.detach(), dim=1)
         if self.align is not None:
             p = self.align(p)
+        if self.graph_every > 0 and b.u_index is not None and bool(self.graph_p.any()):
+            p = (p + self.graph_p[b.u_index.to(self.graph_p.device)].to(p.device)) / 2
         loss_u, mask = pseudo_label_loss(logits_s, p, self._threshold(p, b.u_index))
         logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean(), "pseudo": (p.argmax(1), mask)}
         loss = loss_x + self.args.lambda_u * loss_u

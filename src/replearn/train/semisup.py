@@ -116,6 +116,12 @@ class SemiModule(TimedLoop):
         step = self.global_step
         g = step_generator(self.seed, step, self.global_rank, x_u.device)
         self.method.set_progress(step, self.total_steps)
+        if self.method.graph_every and step % self.method.graph_every == 0:
+            from replearn.evaluate.features import extract_features
+
+            with torch.no_grad():
+                feats = extract_features(self.method.ema.backbone, self.data).float()
+            self.method.set_graph_scores(spread_labels(feats, self.split, self.method.graph_k))
         li = stream_positions(step, self.batch_size, len(self.split.index), self.seed, self.global_rank,
                                 self.trainer.world_size).to(self.device)
         b = SemiBatch(self._x_l[li], self._y_l[li], x_u, self.data.mean, self.data.std, g, u_index)
@@ -193,6 +199,14 @@ def _labelled_split(cfg: SemiConfig, data: ImageSet) -> tuple[ImageSet, Labelled
     return data, split
 
 
+def spread_labels(feats: torch.Tensor, split: LabelledSplit, k: int = 10) -> torch.Tensor:
+    """(N, K) label-spreading scores of every image: the split's labels spread along the ``k``-NN
+    graph of the images' features ``feats`` (N, D); k shrinks on a tiny dataset."""
+    from replearn.nn.graph import knn_indices, label_spreading
+
+    return label_spreading(knn_indices(feats, min(k, len(feats) - 1)), split.index, split.labels, split.n_classes)
+
+
 @torch.no_grad()
 def probe_head(net, data: ImageSet, split: LabelledSplit, propagate: bool = False, k: int = 10) -> None:
     """Start ``net.head`` as the logistic probe of the benchmark protocol (standardised features,
@@ -206,11 +220,8 @@ def probe_head(net, data: ImageSet, split: LabelledSplit, propagate: bool = Fals
     from replearn.evaluate.linear import DEFAULT_C, DEFAULT_MAX_ITER, fit_linear_probe
 
     if propagate:
-        from replearn.nn.graph import knn_indices, label_spreading
-
         feats_t = extract_features(net.backbone, data).float()
-        k = min(k, len(feats_t) - 1)  # a tiny dataset has fewer than k other images
-        scores = label_spreading(knn_indices(feats_t, k), split.index, split.labels, split.n_classes)
+        scores = spread_labels(feats_t, split, k)
         y = scores.argmax(1)
         y[split.index] = split.labels
         reached = scores.sum(1) > 0
