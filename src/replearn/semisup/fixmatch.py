@@ -101,7 +101,7 @@ class FixMatch(SemiMethod):
         p = torch.softmax(logits_w.detach(), dim=1)
         if self.align is not None:
             p = self.align(p)
-        if self.graph_every > 0 and b.u_index is not None and bool(self.graph_p.any()):
+        if self.graph_every > 0 and b.u_index is not None and bool(self.graph_p[0].sum() > 0):  # set: rows sum to 1
             p = (p + self.graph_p[b.u_index.to(self.graph_p.device)].to(p.device)) / 2
         loss_u, mask = pseudo_label_loss(logits_s, p, self._threshold(p, b.u_index))
         logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean(), "pseudo": (p.argmax(1), mask)}
