@@ -113,6 +113,7 @@ class EvaluateConfig:
     batch_size: int = 512
     limit: int | None = None
     labels_csv: str | None = None
+    retrieval_classes: str | None = None  # retrieval among the test images of these classes, e.g. 5-9 or sandal,shirt (default: a run's held-out classes)
 
 
 @dataclass

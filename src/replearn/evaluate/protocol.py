@@ -1,4 +1,5 @@
-"""The evaluation protocol of the benchmark: frozen features -> kNN, linear probe, few-label probes."""
+"""The evaluation protocol of the benchmark: frozen features -> kNN, linear probe, few-label probes,
+and retrieval among the test images of classes held out of training."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from replearn.evaluate.features import extract_features, raw_pixels
 from replearn.evaluate.fewlabel import few_label_accuracy
 from replearn.evaluate.knn import knn_accuracy
 from replearn.evaluate.linear import linear_probe
+from replearn.evaluate.retrieval import parse_classes, retrieval_metrics
 from replearn.fileio import atomic_write_text
 
 
@@ -48,6 +50,32 @@ def _features(run: str | None, encoder, cfg: EvaluateConfig, train, test) -> tup
     return extract_features(enc, train, cfg.batch_size), extract_features(enc, test, cfg.batch_size), name
 
 
+def _held_out_classes(run: str) -> list | None:
+    """The classes a metric-learning run kept out of training (``held_out_classes`` in meta.json)."""
+    p = Path(run)
+    meta = (p if p.is_dir() else p.parent) / "meta.json"  # run folder, or its encoder.pt
+    try:
+        held = json.loads(meta.read_text()).get("held_out_classes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return held if isinstance(held, list) and held else None
+
+
+def _retrieval_items(spec: str | list, source: str, test, data: str) -> tuple[list[int], torch.Tensor]:
+    """(class indices, bool mask of the test images in them); a ReplearnError when none can be scored."""
+    classes = parse_classes(spec, test.classes)
+    keep = torch.isin(test.labels, torch.tensor(classes))  # (N,) unlabelled (-1) never kept
+    per_class = torch.bincount(test.labels[keep], minlength=classes[-1] + 1)[classes]
+    if int(per_class.max()) < 2:  # no image, or none with a second of its class to find
+        present = sorted(set(test.labels[test.labels >= 0].tolist()))
+        raise ReplearnError(
+            f"retrieval: the test split of {data} has {int(keep.sum())} labelled image(s) of classes "
+            f"{classes} ({source}), too few to retrieve",
+            f"its labelled classes are {', '.join(map(str, present)) or 'none'}",
+        )
+    return classes, keep
+
+
 def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, verbose: bool = True, **overrides) -> dict:
     """Evaluate a run's frozen encoder (or a baseline) and write ``eval.json``; returns the results.
 
@@ -75,6 +103,10 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
         train = train.subset(torch.arange(min(cfg.limit, len(train))))
     if not train.has_labels or not test.has_labels:
         raise ReplearnError(f"{cfg.data} has no labels to evaluate against", "use class sub-folders or --labels-csv")
+    spec, source = cfg.retrieval_classes, "--retrieval-classes"
+    if spec is None and run and cfg.baseline is None:
+        spec, source = _held_out_classes(run), "held_out_classes of the run's meta.json"
+    retrieval = _retrieval_items(spec, source, test, cfg.data) if spec is not None else None  # before the slow part
     say = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)  # noqa: E731
     say(f"evaluating on {cfg.data}: features of {len(train)} train and {len(test)} test images ...")
     f_train, f_test, name = _features(run, encoder, cfg, train, test)
@@ -97,6 +129,12 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     for per_class in cfg.few_label:
         r = few_label_accuracy(f_train, y_train, f_test, y_test, per_class=per_class, seeds=tuple(cfg.seeds))
         result["few_label"][str(per_class * n_classes)] = {k: round(r[k], 2) for k in ("mean", "min", "max")}
+    if retrieval is not None:
+        classes, keep = retrieval
+        say(f"retrieval among the {int(keep.sum())} test images of classes {classes} ...")
+        names = [test.classes[c] if test.classes and c < len(test.classes) else str(c) for c in classes]
+        r = retrieval_metrics(f_test[keep], y_test[keep])
+        result["retrieval"] = {"classes": classes, "class_names": names, "split": "test", **r}
     if run and cfg.baseline is None and (Path(run) / "classifier.pt").exists():  # a semi-supervised run
         from replearn.evaluate.predict import classifier_accuracy
 
@@ -112,10 +150,13 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
 
 
 def format_table(results: list[dict]) -> str:
-    """A plain-text table: one row per result, kNN, linear and each few-label mean [min, max]."""
+    """A plain-text table: one row per result, kNN, linear and each few-label mean [min, max];
+    retrieval's Recall@1 and MAP@R when any result has them."""
     sizes = sorted({k for r in results for k in r["few_label"]}, key=int)
     clf = any("accuracy" in r for r in results)  # semi-supervised runs: the classifier itself
+    ret = any("retrieval" in r for r in results)
     head = ["encoder", *(["classifier"] if clf else []), "kNN", "linear"] + [f"{s} labels" for s in sizes]
+    head += ["R@1", "MAP@R"] if ret else []
     rows = []
     for r in results:
         acc = [f"{r['accuracy']:.1f}" if "accuracy" in r else "-"] if clf else []
@@ -123,6 +164,9 @@ def format_table(results: list[dict]) -> str:
         for s in sizes:
             f = r["few_label"].get(s)
             row.append(f"{f['mean']:.1f} [{f['min']:.1f}, {f['max']:.1f}]" if f else "-")
+        if ret:
+            t = r.get("retrieval")
+            row += [f"{t['recall@1']:.1f}", f"{t['map@r']:.1f}"] if t else ["-", "-"]
         rows.append(row)
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
     line = lambda xs: "  ".join(x.ljust(w) for x, w in zip(xs, widths, strict=True))  # noqa: E731
