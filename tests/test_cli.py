@@ -75,7 +75,7 @@ def test_bad_image_folder_end_to_end(tmp_path):
                           "--width", "4", "--image-size", "16", "--precision", "32")
     assert code == 0, err
     n_bad = len(expected["bad"])
-    assert f"skipped {n_bad} unreadable image(s)" in out
+    assert f"skipped {n_bad} image(s); the list and the reasons are in" in out
     rows = list(csv.DictReader(open(run / "skipped.csv")))
     assert sorted(r["path"] for r in rows) == sorted(expected["bad"])
     for r in rows:

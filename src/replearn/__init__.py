@@ -1,15 +1,15 @@
 """replearn: label-efficient image representation learning.
 
-``replearn.pretrain``, ``replearn.evaluate``, ``replearn.embed``, ``replearn.semisup`` and
-``replearn.predict`` are the Python twins of the ``replearn pretrain|evaluate|embed|semisup|predict``
-commands.
+``replearn.pretrain``, ``replearn.evaluate``, ``replearn.embed``, ``replearn.semisup``,
+``replearn.metric`` and ``replearn.predict`` are the Python twins of the ``replearn
+pretrain|evaluate|embed|semisup|metric|predict`` commands.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "embed", "evaluate", "predict", "pretrain", "semisup"]
+__all__ = ["__version__", "embed", "evaluate", "metric", "predict", "pretrain", "semisup"]
 
 
 def __getattr__(name: str):
@@ -30,6 +30,10 @@ def __getattr__(name: str):
         from replearn.train.semisup import semisup
 
         return semisup
+    if name == "metric":
+        from replearn.train.metric import metric
+
+        return metric
     if name == "predict":
         from replearn.evaluate.predict import predict
 

@@ -87,6 +87,46 @@ class SemiConfig:
 
 
 @dataclass
+class MetricConfig:
+    """Metric learning of an encoder from class labels, in class-balanced batches (P classes x K images)."""
+
+    data: str = "fashion-mnist"  # built-in name, image folder (class sub-folders), or .npy/.npz file with labels
+    out: str = "runs/metric"  # run folder
+    loss: Literal["contrastive", "triplet", "supcon", "ranked-list", "arcface", "cosface"] = "supcon"
+    loss_args: dict[str, Any] = field(default_factory=dict)  # the loss's own, e.g. margin=0.3,mining=hard
+    classes: str | None = None  # train on these classes only, e.g. 0-4 or shirt,coat; the others are held out for retrieval
+    init: str | None = None  # start the backbone from this pretraining run (or its encoder.pt)
+    backbone: str = "convnet"  # without --init: convnet | resnet18 | resnet50 | package.module:function
+    width: int = 32  # convnet width
+    small_stem: bool = True
+    image_size: int | None = None  # default: the data's own size (folders: 64)
+    views: str = "simclr-small"  # the view recipe of each image
+    epochs: int = 10
+    classes_per_batch: int = 16  # P
+    images_per_class: int = 8  # K: batch size P*K
+    optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
+    lr: float = 2e-3  # peak learning rate at batch 256 (scaled linearly with batch size)
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5
+    proj_hidden: int = 512
+    proj_dim: int = 128  # the embedding the loss sees
+    seed: int = 0
+    precision: Literal["auto", "32", "bf16", "16"] = "auto"
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    num_workers: int = 0
+    knn_monitor: bool = True  # kNN accuracy on a hold-out of the training classes, each epoch
+    collapse_threshold: float = 0.05
+    limit: int | None = None  # use only the first N images (quick trials)
+    labels_csv: str | None = None  # folder labels as a path,label CSV
+
+    @property
+    def batch_size(self) -> int:
+        return self.classes_per_batch * self.images_per_class
+
+
+@dataclass
 class PredictConfig:
     """Class predictions of a semi-supervised run's classifier for a data source."""
 

@@ -9,6 +9,7 @@ import typing
 from replearn.config import (
     EmbedConfig,
     EvaluateConfig,
+    MetricConfig,
     PredictConfig,
     PretrainConfig,
     SemiConfig,
@@ -27,11 +28,14 @@ EXAMPLES = {
     "semisup": "example:\n  replearn semisup --data fashion-mnist --labels-per-class 4 --method fixmatch --init runs/simclr --out runs/fixmatch\n"
     "  replearn semisup --data ./my_images --labels labels.csv --out runs/clf   # rows path,label\n"
     "  replearn semisup --out runs/fixmatch --resume --steps 4000            # continue, or train longer",
+    "metric": "example:\n  replearn metric --data fashion-mnist --loss supcon --classes 0-4 --out runs/supcon\n"
+    "  replearn evaluate runs/supcon --data fashion-mnist       # retrieval on the held-out classes 5-9\n"
+    "  replearn metric --data ./labelled_images --loss arcface --init runs/simclr --out runs/arcface",
     "predict": "example:\n  replearn predict runs/fixmatch --data ./new_images --out predictions.csv",
 }
 CONFIGS = {
     "pretrain": PretrainConfig, "evaluate": EvaluateConfig, "embed": EmbedConfig,
-    "semisup": SemiConfig, "predict": PredictConfig,
+    "semisup": SemiConfig, "metric": MetricConfig, "predict": PredictConfig,
 }
 
 
@@ -60,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         if cmd == "predict":
             s.add_argument("run", help="a run folder of 'replearn semisup' (or its classifier.pt)")
         s.add_argument("--config", metavar="FILE", help="YAML file of options; command-line options override it")
-        if cmd in ("pretrain", "semisup"):
+        if cmd in ("pretrain", "semisup", "metric"):
             s.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
         s.add_argument("--debug", action="store_true", help="show tracebacks")
         defaults = cls()
@@ -156,6 +160,11 @@ def _run(argv: list[str]) -> int:
         out = semisup(resume=True, **overrides) if args.resume and args.config is None else semisup(cfg, resume=args.resume)
         print(f"done: {out}  (classifier: {out / 'classifier.pt'}; next: replearn evaluate {out}, "
               f"replearn predict {out} --data FOLDER)")
+    elif args.command == "metric":
+        from replearn.train.metric import metric
+
+        out = metric(resume=True, **overrides) if args.resume and args.config is None else metric(cfg, resume=args.resume)
+        print(f"done: {out}  (encoder: {out / 'encoder.pt'}; next: replearn evaluate {out})")
     elif args.command == "predict":
         from replearn.evaluate.predict import predict
 

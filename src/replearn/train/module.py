@@ -67,6 +67,48 @@ class EpochSampler(Sampler[int]):
         return self.n // self.world
 
 
+class ClassBalancedSampler(Sampler[int]):
+    """Batches of P classes x K images (the "PK" batches of Hermans et al., arXiv:1703.07737), so
+    every image in a batch has K - 1 positives for a pair, triplet or SupCon loss.
+
+    Each batch draws P distinct classes at random, then the next K images of each class from that
+    class's own seeded shuffle (reshuffled when used up, so an image can come twice in a batch only
+    where a class has fewer than K images or its shuffle restarts; the two copies get different
+    augmentations). An epoch has as many batches as len(labels) // (P * K);
+    process ``rank`` of ``world`` takes every world-th batch. The order depends only on (seed,
+    epoch), so a resumed run sees the same batches as an uninterrupted one. ``labels`` (N,) int64;
+    images labelled -1 are never drawn.
+    """
+
+    def __init__(self, labels: torch.Tensor, classes_per_batch: int, images_per_class: int, seed: int,
+                 rank: int = 0, world: int = 1):
+        self.p, self.k, self.seed, self.rank, self.world, self.epoch = classes_per_batch, images_per_class, seed, rank, world, 0
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        self.members = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels[labels >= 0]).tolist()]
+        if len(self.members) < self.p:
+            raise ValueError(f"{len(self.members)} classes cannot fill batches of {self.p} classes")
+        self.batches = max(1, int((labels >= 0).sum()) // (self.p * self.k) // world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        queues: list[list[int]] = [[] for _ in self.members]  # each class's images still to draw
+        out = []
+        for b in range(self.batches * self.world):
+            for c in torch.randperm(len(self.members), generator=g)[: self.p].tolist():
+                while len(queues[c]) < self.k:  # used up: append a fresh shuffle of the class
+                    queues[c] += self.members[c][torch.randperm(len(self.members[c]), generator=g)].tolist()
+                if b % self.world == self.rank:
+                    out += queues[c][: self.k]
+                del queues[c][: self.k]
+        return iter(out)
+
+    def __len__(self) -> int:
+        return self.batches * self.p * self.k
+
+
 def spread(x: torch.Tensor) -> torch.Tensor:
     """Per-dimension std of the L2-normalised rows of ``x`` (N, D), times sqrt(D): about 1 for
     vectors spread over the sphere, 0 for a batch collapsed to one point."""
@@ -123,9 +165,11 @@ class PretrainModule(TimedLoop):
         weight_decay: float,
         warmup_epochs: float,
         num_workers: int = 0,
+        sampler=None,
     ):
         super().__init__()
         self.method, self.recipe, self.data = method, recipe, data
+        self.make_sampler = sampler  # (rank, world) -> a Sampler; default: EpochSampler
         self.image_size, self.batch_size, self.seed = image_size, batch_size, seed
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_epochs, self.num_workers = warmup_epochs, num_workers
@@ -135,9 +179,12 @@ class PretrainModule(TimedLoop):
         self.method.to(memory_format=torch.channels_last)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(
-            len(self.data), self.seed, self.global_rank, self.trainer.world_size, weights=self.method.sample_weights
-        )
+        if self.make_sampler is not None:
+            sampler = self.make_sampler(self.global_rank, self.trainer.world_size)
+        else:
+            sampler = EpochSampler(
+                len(self.data), self.seed, self.global_rank, self.trainer.world_size, weights=self.method.sample_weights
+            )
         if len(sampler) < self.batch_size:
             from replearn.errors import ReplearnError
 

@@ -36,6 +36,22 @@ def git_commit() -> str | None:
         return None
 
 
+def init_backbone(init: str, data, size: int):
+    """(backbone in train mode, its spec) from the pretraining run (or encoder.pt) ``init``, checked
+    against the data's channels and image size."""
+    from replearn.nn import load_encoder
+
+    backbone, spec = load_encoder(init)
+    if spec["channels"] != data.channels or spec["image_size"] != size:
+        raise ReplearnError(
+            f"the encoder in {init} takes {spec['channels']}-channel {spec['image_size']}-px images, "
+            f"the data has {data.channels}-channel {size}-px ones",
+            f"pretrain on this data first, or pass --image-size {spec['image_size']}",
+        )
+    backbone.train()
+    return backbone, {**spec, "init": str(init)}
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto``: bf16 autocast where the hardware computes bf16 natively (CUDA bf16; CPU AMX or
     AVX512-BF16, where it measured about 2x fp32 for the convnet), else fp32."""
@@ -152,20 +168,10 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
     With ``resume=True`` the run in ``out`` continues from ``last.ckpt`` with its saved config
     (options given here, such as a larger ``epochs``, override it).
     """
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-
     from replearn.data import load_data
     from replearn.methods import METHODS, MethodOptions
     from replearn.methods.base import parse_args
     from replearn.nn import build_backbone
-    from replearn.train.callbacks import (
-        Collapsed,
-        CollapseGuard,
-        EncoderExport,
-        KNNMonitor,
-    )
-    from replearn.train.module import NonFiniteLoss, PretrainModule
     from replearn.views import recipe
 
     cfg = resolve_config(config, resume, overrides)
@@ -184,10 +190,36 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
     if cfg.limit:
         data = data.subset(torch.arange(min(cfg.limit, len(data))))
     size = cfg.image_size or data.size
+
+    def build():
+        backbone = build_backbone(cfg.backbone, data.channels, size, cfg.width, cfg.small_stem)
+        opts = MethodOptions(temperature=cfg.temperature, proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim,
+                             args=cfg.method_args)
+        return method_cls(backbone, opts)
+
+    spec = {"backbone": cfg.backbone, "width": cfg.width, "small_stem": cfg.small_stem, "method": cfg.method}
+    return train_encoder(cfg, data, rec, build, spec, resume=resume, callbacks=callbacks)
+
+
+def train_encoder(cfg, data, rec, build_method, spec: dict, *, resume: bool, callbacks=(), meta_extra=None,
+                  sampler=None, hint="lower --lr, raise --temperature or --batch-size, then retry") -> Path:
+    """The training shared by ``pretrain`` and ``metric``: writes the run folder ``cfg.out`` (config,
+    meta.json, skipped.csv), seeds, builds the method with ``build_method()`` (after seeding, so its
+    initial weights follow ``cfg.seed``), trains it with Lightning and exports ``encoder.pt`` (the
+    backbone, with ``spec`` plus the data's shape and normalisation). ``sampler``: (rank, world) ->
+    the batches' Sampler, default a seeded permutation per epoch."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from replearn.train.callbacks import Collapsed, CollapseGuard, EncoderExport, KNNMonitor
+    from replearn.train.module import NonFiniteLoss, PretrainModule
+
+    out = Path(cfg.out)
+    size = cfg.image_size or data.size
     out.mkdir(parents=True, exist_ok=True)
     write_skipped(out, data.skipped)
     if data.skipped:
-        print(f"skipped {len(data.skipped)} unreadable image(s); the list is in {out / 'skipped.csv'}")
+        print(f"skipped {len(data.skipped)} image(s); the list and the reasons are in {out / 'skipped.csv'}")
     save_config(cfg, out / "config.yaml")
     now = datetime.now(UTC).isoformat(timespec="seconds")
     meta_path = out / "meta.json"
@@ -200,26 +232,20 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
         "resumed_at": [*first.get("resumed_at", []), *([now] if resume else [])],
         "images": len(data),
         "skipped": len(data.skipped),
+        **(meta_extra or {}),
     }
     atomic_write_text(json.dumps(meta, indent=2) + "\n", meta_path)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    backbone = build_backbone(cfg.backbone, data.channels, size, cfg.width, cfg.small_stem)
-    method = method_cls(
-        backbone,
-        MethodOptions(
-            temperature=cfg.temperature, proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim, args=cfg.method_args
-        ),
-    )
+    method = build_method()
     method.bind_data(data)
     module = PretrainModule(
         method, rec, data, size, cfg.batch_size, cfg.seed, cfg.optimizer, cfg.lr, cfg.weight_decay,
-        cfg.warmup_epochs, cfg.num_workers,
+        cfg.warmup_epochs, cfg.num_workers, sampler=sampler,
     )
     spec = {
-        "backbone": cfg.backbone, "width": cfg.width, "small_stem": cfg.small_stem, "channels": data.channels,
-        "image_size": size, "mean": list(data.mean), "std": list(data.std), "method": cfg.method,
-        "data": cfg.data, "out_dim": int(backbone.out_dim), "replearn_version": __version__,
+        **spec, "channels": data.channels, "image_size": size, "mean": list(data.mean), "std": list(data.std),
+        "data": cfg.data, "out_dim": int(method.backbone.out_dim), "replearn_version": __version__,
     }
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
     # a terminal gets a live bar; a log file (CI, nohup) gets about ten lines an epoch
@@ -231,8 +257,7 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
     ckpt = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False)
     trainer, seconds = fit(
         module, out, cfg, [*cbs, *callbacks, ckpt], resume=resume, stop=(NonFiniteLoss, Collapsed),
-        hint="lower --lr, raise --temperature or --batch-size, then retry",
-        max_epochs=cfg.epochs, log_every_n_steps=min(10, steps_per_epoch),
+        hint=hint, max_epochs=cfg.epochs, log_every_n_steps=min(10, steps_per_epoch),
     )
     if trainer.global_rank == 0:
         # this session's figures (a resumed run reports the part it trained)

@@ -241,18 +241,11 @@ def probe_head(net, data: ImageSet, split: LabelledSplit, propagate: bool = Fals
 
 def _backbone(cfg: SemiConfig, data: ImageSet, size: int):
     """(backbone, spec): from the pretraining run ``--init`` when given, else freshly built."""
-    from replearn.nn import build_backbone, load_encoder
+    from replearn.nn import build_backbone
+    from replearn.train.run import init_backbone
 
     if cfg.init:
-        backbone, spec = load_encoder(cfg.init)
-        if spec["channels"] != data.channels or spec["image_size"] != size:
-            raise ReplearnError(
-                f"the encoder in {cfg.init} takes {spec['channels']}-channel {spec['image_size']}-px images, "
-                f"the data has {data.channels}-channel {size}-px ones",
-                f"pretrain on this data first, or pass --image-size {spec['image_size']}",
-            )
-        backbone.train()
-        spec = {**spec, "init": str(cfg.init)}
+        backbone, spec = init_backbone(cfg.init, data, size)
     else:
         backbone = build_backbone(cfg.backbone, data.channels, size, cfg.width, cfg.small_stem)
         spec = {"backbone": cfg.backbone, "width": cfg.width, "small_stem": cfg.small_stem,

@@ -1,0 +1,169 @@
+"""The metric-learning table: retrieval on Fashion-MNIST classes held out from training.
+
+Every loss trains on classes 0-4 with its ``configs/metric/NAME.yaml`` (the same backbone, views,
+batches of 5 classes x 32 images and epochs); ``replearn evaluate`` then measures Recall@1/2/4/8 and
+MAP@R on the test images of classes 5-9, which no row saw with a label. Beside them: raw pixels,
+and a self-supervised encoder trained with no labels at all (``--ssl``, default ``runs/demo``, the
+output of ``make demo``). ``NAME+init`` rows start the loss from that encoder (``--init``).
+
+    python bench/metric.py --out runs/metric                          # every row
+    python bench/metric.py --out runs/metric --only supcon,arcface+init
+    python bench/metric.py --out /tmp/metric --epochs 1 --limit 3000 --eval-limit 5000   # smoke check
+    python bench/metric.py --out runs/metric --write docs/results.md
+
+A row already trained in ``--out`` is only evaluated again; rows of earlier calls are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zoo import ROOT, _run, machine, write_section  # noqa: E402
+
+HELD_OUT = "5-9"
+MARKER = "metric"
+
+
+def losses() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "configs" / "metric").glob("*.yaml"))
+
+
+def job(name: str, args) -> dict:
+    """Train one row (a loss, 'NAME+init', 'ssl' or 'raw'), then evaluate it."""
+    out = Path(args.out) / name
+    row: dict = {"name": name, "jobs_at_once": args.jobs_at_once}
+    py = [sys.executable, "-m", "replearn"]
+    eval_cmd = [*py, "evaluate", str(out), "--few-label", "4", "--seeds", "0"]
+    if name == "raw":
+        eval_cmd = [*py, "evaluate", "--baseline", "raw", "--out", str(out), "--retrieval-classes", HELD_OUT,
+                    "--few-label", "4", "--seeds", "0"]
+    elif name == "ssl":
+        eval_cmd = [*py, "evaluate", args.ssl, "--out", str(out), "--retrieval-classes", HELD_OUT,
+                    "--few-label", "4", "--seeds", "0"]
+        row["train_cmd"] = f"(no labels) {args.ssl}: " + _ssl_command(Path(args.ssl))
+    else:
+        loss, init = name.removesuffix("+init"), name.endswith("+init")
+        train = [*py, "metric", "--config", f"configs/metric/{loss}.yaml", "--out", str(out), "--knn-monitor", "false",
+                 *(["--init", args.ssl] if init else []), *(["--epochs", str(args.epochs)] if args.epochs else []),
+                 *(["--limit", str(args.limit)] if args.limit else [])]
+        row["train_cmd"] = " ".join(["replearn", *train[3:]])
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "encoder.pt").exists() or args.retrain:
+            for stale in ("last.ckpt", "encoder.pt", "eval.json"):
+                (out / stale).unlink(missing_ok=True)
+            rc, secs = _run(train, out / "train.log", args.threads)
+            row["train_rc"], row["train_wall"] = rc, round(secs, 1)
+            if rc != 0:
+                row["error"] = (out / "train.log").read_text()[-600:]
+                return row
+        meta = json.loads((out / "meta.json").read_text())
+        row.update(train_seconds=meta.get("train_seconds"), git_commit=meta.get("git_commit"))
+        row["commit"] = (meta.get("git_commit") or "")[:7]
+    out.mkdir(parents=True, exist_ok=True)
+    if args.eval_limit:
+        eval_cmd += ["--limit", str(args.eval_limit)]
+    row["eval_cmd"] = " ".join(["replearn", *eval_cmd[3:]])
+    rc, secs = _run(eval_cmd, out / "eval.log", args.threads)
+    row["eval_rc"], row["eval_wall"] = rc, round(secs, 1)
+    if rc != 0:
+        row["error"] = (out / "eval.log").read_text()[-600:]
+        return row
+    row["eval"] = json.loads((out / "eval.json").read_text())
+    return row
+
+
+def _ssl_command(run: Path) -> str:
+    cfg = run / "config.yaml"
+    if not cfg.exists():
+        return "its config.yaml is missing"
+    import yaml
+
+    c = yaml.safe_load(cfg.read_text())
+    return f"replearn pretrain --method {c['method']} --epochs {c['epochs']} --batch-size {c['batch_size']} (config.yaml)"
+
+
+def table(summary: dict) -> str:
+    ssl = next((r for r in summary["rows"] if r["name"] == "ssl" and "eval" in r), None)
+    bar = ssl["eval"]["retrieval"]["recall@1"] if ssl else None
+    lines = [
+        f"Machine: {summary['machine']}; {summary['date']}; {summary['jobs_at_once']} job(s) at a time, "
+        f"{summary['threads']} thread(s) each. Retrieval on the {summary['queries']} test images of the held-out "
+        "classes 5-9 (each image a query against the others, cosine similarity of the encoder's features); "
+        "kNN is the protocol's 10-class kNN accuracy, for scale.",
+        "",
+        "| row | R@1 | R@2 | R@4 | R@8 | MAP@R | kNN (all classes) | R@1 above the self-supervised encoder | train s | commit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in summary["rows"]:
+        if "eval" not in r:
+            lines.append(f"| {r['name']} | failed: see {r['name']}/*.log | | | | | | | | |")
+            continue
+        e, t = r["eval"]["retrieval"], r["eval"]
+        above = "" if r["name"] in ("raw", "ssl") or bar is None else (
+            f"yes (+{e['recall@1'] - bar:.1f})" if e["recall@1"] > bar else f"**no** ({e['recall@1'] - bar:+.1f})")
+        secs = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
+        lines.append(f"| {r['name']} | {e['recall@1']:.1f} | {e['recall@2']:.1f} | {e['recall@4']:.1f} | "
+                     f"{e['recall@8']:.1f} | {e['map@r']:.1f} | {t['knn']:.1f} | {above} | {secs} | {r.get('commit', '')} |")
+    lines += ["", "Commands (from the repository root):", ""]
+    for r in summary["rows"]:
+        lines.append(f"- {r['name']}: " + (f"`{r['train_cmd']}`, then " if r.get("train_cmd") else "")
+                     + f"`{r.get('eval_cmd', '')}`")
+    return "\n".join(lines).replace(str(ROOT) + "/", "")
+
+
+def save(out: Path, rows: list[dict], args) -> dict:
+    order = {n: i for i, n in enumerate(["raw", "ssl", *losses(), *[f"{x}+init" for x in losses()]])}
+    rows.sort(key=lambda r: order.get(r["name"], 99))
+    queries = next((r["eval"]["retrieval"]["queries"] for r in rows if "eval" in r), None)
+    summary = {"machine": machine(), "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+               "jobs_at_once": args.jobs_at_once, "threads": args.threads, "queries": queries, "rows": rows}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/metric")
+    p.add_argument("--only", default=None, help="comma-separated rows: raw, ssl, a loss config's name, NAME+init")
+    p.add_argument("--ssl", default="runs/demo", help="the self-supervised run (the ssl row, and --init of +init rows)")
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=None, help="override the configs' epochs (smoke checks)")
+    p.add_argument("--limit", type=int, default=None, help="train on the first N images (smoke checks)")
+    p.add_argument("--eval-limit", type=int, default=None)
+    p.add_argument("--retrain", action="store_true")
+    p.add_argument("--write", default=None, help="write the table into this markdown file and stop")
+    args = p.parse_args()
+    out = Path(args.out)
+    if args.write:
+        write_section(Path(args.write), table(json.loads((out / "summary.json").read_text())),
+                      f"<!-- {MARKER}:start -->", f"<!-- {MARKER}:end -->")
+        print(f"wrote {args.write}")
+        return 0
+    names = args.only.split(",") if args.only else ["raw", "ssl", *losses()]
+    args.jobs_at_once = min(args.parallel, len(names))
+    out.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {"rows": []}
+    rows = [r for r in earlier["rows"] if r["name"] not in names]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.parallel) as pool:
+        futures = {n: pool.submit(job, n, args) for n in names}
+        for n, f in futures.items():
+            r = f.result()
+            rows.append(r)
+            save(out, rows, args)
+            status = f"R@1 {r['eval']['retrieval']['recall@1']:.1f}" if "eval" in r else "FAILED"
+            print(f"[{time.perf_counter() - t0:6.0f}s] {n}: {status}", flush=True)
+    print(table(save(out, rows, args)))
+    return 0 if all("eval" in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
