@@ -28,6 +28,7 @@ def test_every_method_trains_two_steps(name):
     a batch whose embeddings have not collapsed to one point."""
     torch.manual_seed(0)
     data = load_data("digits", "train").subset(torch.arange(256))
+    data.captions = [f"a photo of the digit {y}" for y in data.labels.tolist()]  # clip's image-text pairs
     backbone = build_backbone("convnet", 1, data.size, width=8)
     method = METHODS.get(name)(backbone, MethodOptions())
     method.bind_data(data)

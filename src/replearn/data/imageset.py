@@ -17,7 +17,7 @@ class ImageSet:
     decoded lazily in DataLoader workers). ``labels`` is int64 (N,), -1 where unknown.
     ``skipped`` lists (path, reason) of inputs that could not be used. ``groups`` is None or int64
     (N,): images with the same id >= 0 show one object or clip (the ``group`` method's positives),
-    -1 where unknown.
+    -1 where unknown. ``captions`` is None or one text per image (the ``clip`` method's pairs).
     """
 
     ids: list[str]
@@ -32,6 +32,7 @@ class ImageSet:
     std: tuple[float, ...] = (0.5,)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     groups: torch.Tensor | None = None
+    captions: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images is None and self.decode is None:
@@ -40,6 +41,8 @@ class ImageSet:
             raise ValueError("ids and labels differ in length")
         if self.groups is not None and len(self.groups) != len(self.ids):
             raise ValueError("ids and groups differ in length")
+        if self.captions is not None and len(self.captions) != len(self.ids):
+            raise ValueError("ids and captions differ in length")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -82,6 +85,7 @@ class ImageSet:
             std=self.std,
             skipped=self.skipped,
             groups=None if self.groups is None else self.groups[idx],
+            captions=None if self.captions is None else [self.captions[i] for i in idx.tolist()],
         )
 
 
@@ -110,6 +114,9 @@ def concat(first: ImageSet, second: ImageSet, name: str | None = None) -> ImageS
     groups = None
     if first.groups is not None or second.groups is not None:
         groups = torch.cat([_groups_or_none(first), _groups_or_none(second)])
+    captions = None
+    if first.captions is not None or second.captions is not None:  # "": no caption
+        captions = [*(first.captions or [""] * len(first)), *(second.captions or [""] * len(second))]
     return ImageSet(
         ids=[*first.ids, *second.ids],
         labels=torch.cat([first.labels, second.labels]),
@@ -123,6 +130,7 @@ def concat(first: ImageSet, second: ImageSet, name: str | None = None) -> ImageS
         std=first.std,
         skipped=[*first.skipped, *second.skipped],
         groups=groups,
+        captions=captions,
     )
 
 

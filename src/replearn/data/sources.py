@@ -1,4 +1,5 @@
-"""Data sources turned into an ImageSet: Fashion-MNIST, sklearn digits, image folders, numpy arrays.
+"""Data sources turned into an ImageSet: Fashion-MNIST, sklearn digits, image folders, numpy arrays,
+and CSV files pairing images with captions.
 
 Everything becomes square uint8 images (N, C, S, S) so that augmentation can run batched on the
 device; only a folder too large for memory is decoded lazily, one image at a time, in workers.
@@ -75,16 +76,21 @@ def load_data(
     cache_dir: str | None = None,
     groups_csv: str | None = None,
 ) -> ImageSet:
-    """Load a built-in dataset name, an image folder, or a .npy/.npz file as an ImageSet.
+    """Load a built-in dataset name, an image folder, a .npy/.npz file or a pairs CSV as an ImageSet.
 
-    ``split``: "train", "test" or "all" for the built-ins; a folder or an array file has no split,
-    so every split returns all of it. ``image_size``: side of the square images; None keeps the
-    native size (28 for fashion-mnist, 8 for digits, the array's) and means 64 for a folder.
+    ``split``: "train", "test" or "all" for the built-ins; a folder, an array file or a CSV has no
+    split, so every split returns all of it. ``image_size``: side of the square images; None keeps
+    the native size (28 for fashion-mnist, 8 for digits, the array's) and means 64 for a folder or
+    a CSV.
     ``cache_dir`` replaces ~/.cache/replearn as the place fashion-mnist is downloaded to.
     A built-in name wins over a folder of the same name (write ./digits for the folder).
     Group ids (``ImageSet.groups``): a folder's images are grouped by the sub-folder they sit in
     (images in the folder itself have none), or by ``groups_csv`` (rows path,group) when given; an
     .npz file's by its ``groups`` array; the built-ins have none.
+    Captions (``ImageSet.captions``, the ``clip`` method's pairs): a pairs CSV (header
+    ``image,caption`` and an optional ``label`` column; image paths relative to the CSV's folder or
+    absolute), or an .npz ``captions`` array of strings. An item with an empty caption, and a CSV row
+    whose image is missing or unreadable, is skipped and listed in ``ImageSet.skipped``.
     """
     if split not in SPLITS:
         raise ReplearnError(f"unknown split: {split!r}", hint="use 'train', 'test' or 'all'")
@@ -110,16 +116,19 @@ def load_data(
         return _folder(path, image_size or DEFAULT_FOLDER_SIZE, labels_csv, max_in_memory_bytes, groups_csv)
     elif path.is_file() and path.suffix.lower() in (".npy", ".npz"):
         data = _arrays(path)
+    elif path.is_file() and path.suffix.lower() == ".csv":
+        return _pairs(path, image_size or DEFAULT_FOLDER_SIZE, max_in_memory_bytes)
     elif path.exists():
         raise ReplearnError(
-            f"not an image folder, .npy or .npz file: {spec}", hint="give a folder of images or a numpy file"
+            f"not an image folder, .npy/.npz file or pairs .csv: {spec}",
+            hint="give a folder of images, a numpy file, or a CSV with the header image,caption",
         )
     else:
         close = difflib.get_close_matches(spec.lower(), BUILTIN, n=1, cutoff=0.6)
         raise ReplearnError(
             f"no such folder or dataset: {spec}",
             hint=(f"did you mean '{close[0]}'? " if close else "")
-            + f"built-in datasets: {', '.join(BUILTIN)}; otherwise give an image folder or a .npy/.npz file",
+            + f"built-in datasets: {', '.join(BUILTIN)}; otherwise give an image folder, a .npy/.npz file or a pairs .csv",
         )
     return _resized(data, image_size) if image_size and image_size != data.size else data
 
@@ -271,7 +280,7 @@ def _arrays(path: Path) -> ImageSet:
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
-            images, labels, groups = loaded, None, None
+            images, labels, groups, captions = loaded, None, None, None
         else:
             with loaded:
                 if "images" not in loaded.files:
@@ -282,14 +291,16 @@ def _arrays(path: Path) -> ImageSet:
                 images = loaded["images"]
                 labels = loaded["labels"] if "labels" in loaded.files else None
                 groups = loaded["groups"] if "groups" in loaded.files else None
+                captions = loaded["captions"] if "captions" in loaded.files else None
     except (OSError, ValueError, EOFError) as e:
         raise ReplearnError(
             f"cannot read {path}: {e}", hint="save with numpy.save / numpy.savez (no pickled objects)"
         ) from e
     x = _nchw_uint8(images, path.name)
     y, classes = _array_labels(labels, len(x), path.name)
+    texts = _array_captions(captions, len(x), path.name)
     mean, std = _stats(torch.from_numpy(x[_spread(len(x), 2000)]))
-    return ImageSet(
+    data = ImageSet(
         ids=[str(i) for i in range(len(x))],
         labels=y,
         name=path.stem,
@@ -300,7 +311,17 @@ def _arrays(path: Path) -> ImageSet:
         mean=mean,
         std=std,
         groups=_array_groups(groups, len(x), path.name),
+        captions=texts,
     )
+    if texts is None or all(texts):
+        return data
+    kept = [i for i, t in enumerate(texts) if t]
+    if not kept:
+        raise ReplearnError(f"{path.name}: every caption is empty", hint="captions are one non-empty string per image")
+    data = data.subset(kept)
+    data.skipped = [(str(i), "empty caption") for i, t in enumerate(texts) if not t]
+    log.warning("skipped %d of %d images in %s: empty caption", len(texts) - len(kept), len(texts), path.name)
+    return data
 
 
 def _nchw_uint8(images: np.ndarray, name: str) -> np.ndarray:
@@ -358,6 +379,17 @@ def _array_groups(groups: np.ndarray | None, n: int, name: str) -> torch.Tensor 
     return torch.tensor(_encode_groups([str(v) for v in groups.tolist()]), dtype=torch.long)
 
 
+def _array_captions(captions: np.ndarray | None, n: int, name: str) -> list[str] | None:
+    if captions is None:
+        return None
+    if captions.shape != (n,) or captions.dtype.kind not in "US":
+        raise ReplearnError(
+            f"{name}: captions of shape {captions.shape} and dtype {captions.dtype} are not {n} strings",
+            hint="captions are one string per image: numpy.array(list_of_str), shape (N,)",
+        )
+    return [(c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c)).strip() for c in captions.tolist()]
+
+
 def _encode_groups(values: list[str]) -> list[int]:
     """Group names (any strings; "" or "-1" = none) -> ids 0.. in sorted name order, -1 for none."""
     names = sorted({v for v in values if v not in ("", "-1")})
@@ -397,17 +429,48 @@ def _folder(
         )
     labels, classes = _csv_labels(root, files, labels_csv) if labels_csv else _subfolder_labels(files)
     groups = _csv_groups(root, files, groups_csv) if groups_csv else _subfolder_groups(files)
-    paths = [str(root / f) for f in files]
+    read = _read_images([str(root / f) for f in files], files, size, max_bytes, f"in {root}")
+    kept = read.kept
+    return ImageSet(
+        ids=[files[i] for i in kept],
+        labels=torch.tensor([labels[i] for i in kept], dtype=torch.long),
+        name=root.resolve().name,
+        channels=read.channels,
+        size=size,
+        images=read.images,
+        decode=read.decode,
+        classes=classes,
+        mean=read.mean,
+        std=read.std,
+        skipped=read.skipped,
+        groups=torch.tensor([groups[i] for i in kept], dtype=torch.long),
+    )
+
+
+@dataclasses.dataclass
+class _Read:
+    kept: list[int]  # positions of the usable files
+    skipped: list[tuple[str, str]]  # (name, reason)
+    channels: int
+    images: torch.Tensor | None
+    decode: FolderDecoder | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def _read_images(paths: list[str], names: list[str], size: int, max_bytes: int, where: str) -> _Read:
+    """Decode image files (or, past ``max_bytes``, check them for lazy decoding); an unusable file
+    is skipped under its name in ``names``; none usable is a ReplearnError."""
     workers = min(8, os.cpu_count() or 1)
     # 3 channels: whether all images are gray is known only after opening them
-    eager = len(files) * 3 * size * size <= max_bytes
+    eager = len(paths) * 3 * size * size <= max_bytes
     with ThreadPoolExecutor(workers) as pool:
         if eager:
-            out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+            out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
             kept, skipped, gray = [], [], True
             for i, (image, reason) in enumerate(pool.map(partial(_decode_file, size=size), paths)):
                 if image is None:
-                    skipped.append((files[i], reason))
+                    skipped.append((names[i], reason))
                     continue
                 out[len(kept)] = image  # a gray (1, S, S) broadcasts to 3 channels
                 gray &= image.shape[0] == 1
@@ -415,41 +478,91 @@ def _folder(
         else:
             checks = list(pool.map(_check_file, paths))
             kept = [i for i, (g, _) in enumerate(checks) if g is not None]
-            skipped = [(files[i], r) for i, (g, r) in enumerate(checks) if g is None]
+            skipped = [(names[i], r) for i, (g, r) in enumerate(checks) if g is None]
             gray = all(checks[i][0] for i in kept)
         if not kept:
             raise ReplearnError(
-                f"none of the {len(files)} image files in {root} could be read",
+                f"none of the {len(paths)} image files {where} could be read",
                 hint="; ".join(f"{p}: {r}" for p, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""),
             )
         if skipped:
             log.warning(
-                "skipped %d of %d images in %s (see ImageSet.skipped)", len(skipped), len(files), root
+                "skipped %d of %d images %s (see ImageSet.skipped)", len(skipped), len(paths), where
             )
         channels = 1 if gray else 3
         images, decode = None, None
         if eager:
             images = out[: len(kept), :channels]
-            if channels == 1 or len(kept) < len(files):
+            if channels == 1 or len(kept) < len(paths):
                 images = images.clone()  # not a view that keeps the whole buffer alive
             sample = images[_spread(len(kept), 2000)]
         else:
             decode = FolderDecoder([paths[i] for i in kept], size, channels)
             sample = torch.stack(list(pool.map(decode, _spread(len(kept), 256))))
     mean, std = _stats(sample)  # evenly spread, as folders are often sorted by class
+    return _Read(kept, skipped, channels, images, decode, mean, std)
+
+
+# ---------------------------------------------------------------- pairs CSV (image, caption)
+
+
+def _pairs(path: Path, size: int, max_bytes: int) -> ImageSet:
+    """A CSV of image-caption pairs: header ``image,caption`` (any order, more columns ignored, an
+    optional ``label``); one row per pair, so an image may appear in several rows."""
+    usage = (
+        "a pairs CSV starts with the header image,caption (optionally ,label); each row gives an image "
+        "path, relative to the CSV's folder or absolute, and its caption"
+    )
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ReplearnError(f"cannot read pairs file {path}: {e}", hint=usage) from e
+    header = [c.strip().lower() for c in rows[0]] if rows else []
+    if "image" not in header or "caption" not in header:
+        raise ReplearnError(f"{path} has no header row image,caption", hint=usage)
+    col = {name: header.index(name) for name in ("image", "caption", "label") if name in header}
+    names, paths, captions, labels, skipped = [], [], [], [], []
+    for line, row in enumerate(rows[1:], start=2):  # line numbers as an editor shows them (no blank lines)
+        cell = {k: row[i].strip() if i < len(row) else "" for k, i in col.items()}
+        image = cell["image"]
+        where = image or f"{path.name} row {line}"
+        full = Path(image).expanduser()
+        full = full if full.is_absolute() else path.parent / full
+        if not image:
+            skipped.append((where, f"row {line}: no image path"))
+        elif not cell["caption"]:
+            skipped.append((where, f"row {line}: empty caption"))
+        elif not full.is_file():
+            skipped.append((where, f"row {line}: no such file"))
+        else:
+            names.append(image)
+            paths.append(str(full))
+            captions.append(cell["caption"])
+            labels.append(cell.get("label", ""))
+    if not paths:
+        raise ReplearnError(
+            f"no usable image-caption pair in {path} ({len(skipped)} row(s) skipped)",
+            hint="; ".join(f"{p}: {r}" for p, r in skipped[:3]) + (" ..." if len(skipped) > 3 else "") or usage,
+        )
+    if skipped:
+        log.warning("skipped %d of %d rows of %s (see ImageSet.skipped)", len(skipped), len(rows) - 1, path)
+    read = _read_images(paths, names, size, max_bytes, f"named in {path}")
+    skipped += read.skipped
+    codes, classes = _encode_labels([labels[i] for i in read.kept], path.name)
     return ImageSet(
-        ids=[files[i] for i in kept],
-        labels=torch.tensor([labels[i] for i in kept], dtype=torch.long),
-        name=root.resolve().name,
-        channels=channels,
+        ids=[names[i] for i in read.kept],
+        labels=torch.tensor(codes, dtype=torch.long),
+        name=path.stem,
+        channels=read.channels,
         size=size,
-        images=images,
-        decode=decode,
+        images=read.images,
+        decode=read.decode,
         classes=classes,
-        mean=mean,
-        std=std,
+        mean=read.mean,
+        std=read.std,
         skipped=skipped,
-        groups=torch.tensor([groups[i] for i in kept], dtype=torch.long),
+        captions=[captions[i] for i in read.kept],
     )
 
 

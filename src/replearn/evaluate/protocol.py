@@ -140,6 +140,14 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
 
         say("the run's classifier on the test images ...")
         result["accuracy"] = round(classifier_accuracy(run, test, cfg.batch_size), 2)
+    folder = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent  # or its encoder.pt
+    if folder is not None and cfg.baseline is None and (folder / "text_encoder.pt").exists():  # a clip run
+        from replearn.evaluate.zeroshot import clip_metrics
+
+        say("zero-shot classification by prompts" + (", image->text retrieval ..." if test.captions else " ..."))
+        result.update(clip_metrics(folder, test, batch_size=cfg.batch_size))
+        say(f"zero-shot top-1 {result['zero_shot']['accuracy']:.1f}%"
+            + (f", image->text R@1 {result['image_text']['recall@1']:.1f}%" if "image_text" in result else ""))
     result["seconds"] = {"features": round(t_feat - t0, 1), "total": round(time.perf_counter() - t0, 1)}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=2) + "\n", out / "eval.json")

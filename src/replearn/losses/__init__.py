@@ -21,3 +21,4 @@ __all__ = [
     "ranked_list_loss",
     "triplet_loss",
 ]
+from replearn.losses.clip import clip_loss as clip_loss

@@ -13,6 +13,8 @@ logging) lives in ``replearn.train``, which calls, in this order:
     training_step(views, index)           -> (loss, logs); the collapse alarm watches logs["features"]
                                           (backbone) and logs["embeddings"] (what the loss compares)
     after_step()                          after each optimiser step (EMA update, normalisation)
+    export(folder)                        at each epoch end on rank 0, beside encoder.pt: files that
+                                          evaluation needs besides the backbone (clip's text encoder)
 
 Method-specific hyper-parameters live in the method's ``Args`` dataclass; users set them with
 ``--method-args key=value,...`` (or a ``method_args:`` mapping in the YAML config).
@@ -23,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -111,6 +114,10 @@ class Method(nn.Module):
         """Parameters that ``on_dataset_features`` has just redrawn (DeepCluster's head): the trainer
         drops their optimiser state, so old moments do not push the new values."""
         return []
+
+    def export(self, folder: Path) -> None:
+        """Writes files beside ``encoder.pt`` in the run folder that evaluation needs besides the
+        backbone (clip: ``text_encoder.pt``); nothing by default."""
 
     def sample_weights(self) -> torch.Tensor | None:
         """Per-image sampling weights for the coming epoch (None: a plain permutation)."""

@@ -67,7 +67,8 @@ class CollapseGuard(pl.Callback):
 
 
 class EncoderExport(pl.Callback):
-    """Writes ``encoder.pt`` (backbone weights + rebuild spec) at each epoch end."""
+    """Writes ``encoder.pt`` (backbone weights + rebuild spec) and the method's own exports (clip's
+    ``text_encoder.pt``) at each epoch end."""
 
     def __init__(self, out: Path, spec: dict):
         self.path, self.spec = Path(out) / "encoder.pt", spec
@@ -75,3 +76,4 @@ class EncoderExport(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.global_rank == 0:
             save_encoder(self.path, pl_module.method.backbone, self.spec)
+            pl_module.method.export(self.path.parent)

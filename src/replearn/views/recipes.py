@@ -50,6 +50,9 @@ RECIPES.register("simclr")(ViewRecipe())  # SimCLR's recipe (arXiv:2002.05709, a
 # Small grayscale images (28 px): a crop under ~20% of the area holds too little of the object, and a
 # 3-px blur kernel mostly erases strokes, so both are milder.
 RECIPES.register("simclr-small")(ViewRecipe(crop_scale=(0.2, 1.0), blur_p=0.0))
+# Image-text pairs: the caption describes the whole image, so a light crop and a flip only (CLIP
+# trained with a random square crop alone, arXiv:2103.00020).
+RECIPES.register("crop-flip")(ViewRecipe(crop_scale=(0.5, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0))
 
 
 def eval_view(images: torch.Tensor, mean, std) -> torch.Tensor:
