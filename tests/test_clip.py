@@ -6,6 +6,7 @@ import json
 import math
 from types import SimpleNamespace
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -276,3 +277,28 @@ def test_clip_run_from_a_pairs_csv_classifies_by_prompts(tmp_path):
     data = load_data(str(path), image_size=16)
     assert abs(zero_shot(out, data) - saved["zero_shot"]["accuracy"]) < 0.01
     assert zero_shot(out, data, prompt="{label}") > 25
+
+
+class _StopAfterFirstEpoch(pl.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_clip_resumes_to_the_uninterrupted_run(tmp_path):
+    from replearn.train.run import pretrain
+
+    path = write_csv(tmp_path / "pairs.csv", make_pairs(tmp_path, per_class=16))
+    opts = dict(data=str(path), method="clip", image_size=16, width=4, batch_size=16, epochs=2, precision="32",
+                knn_monitor=False)
+    straight = pretrain(out=str(tmp_path / "straight"), **opts)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(out=str(tmp_path / "cut"), callbacks=[_StopAfterFirstEpoch()], **opts)
+    resumed = pretrain(out=str(tmp_path / "cut"), resume=True)
+    a = torch.load(straight / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(resumed / "last.ckpt", weights_only=False)["state_dict"]
+    assert a.keys() == b.keys() and "method.logit_scale" in a and "method.words" in a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+    ta, tb = (torch.load(r / "text_encoder.pt", weights_only=True) for r in (straight, resumed))
+    assert ta["words"] == tb["words"]

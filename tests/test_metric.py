@@ -154,3 +154,25 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error:")
     assert main(["metric", "--loss", "arcfce", "--out", str(tmp_path / "r4")]) == 2
     assert "loss must be one of" in capsys.readouterr().err
+
+
+def test_a_labels_csv_naming_missing_files_lists_them_as_skipped(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rows = ["path,label"]
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{'cat' if i % 2 else 'dog'}")
+    rows += ["gone.png,cat", "sub/lost.png,dog"]  # no such files
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    code = main(["metric", "--data", str(folder), "--labels-csv", str(tmp_path / "labels.csv"), "--loss", "supcon",
+                 "--epochs", "1", "--width", "4", "--image-size", "8", "--classes-per-batch", "2",
+                 "--images-per-class", "2", "--knn-monitor", "false", "--out", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "skipped 2 image(s); the list and the reasons are in" in out
+    rows = {r["path"]: r["reason"] for r in csv.DictReader(open(tmp_path / "run" / "skipped.csv"))}
+    assert set(rows) == {"gone.png", "sub/lost.png"} and "named in labels.csv" in rows["gone.png"]
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["images"] == 12

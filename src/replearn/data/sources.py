@@ -431,6 +431,11 @@ def _folder(
     groups = _csv_groups(root, files, groups_csv) if groups_csv else _subfolder_groups(files)
     read = _read_images([str(root / f) for f in files], files, size, max_bytes, f"in {root}")
     kept = read.kept
+    listed = set(files)
+    for csv_file, what in ((labels_csv, "label"), (groups_csv, "group")):  # rows naming no image: listed
+        if csv_file:
+            read.skipped += [(p, f"named in {Path(csv_file).name}, but no such image in the folder")
+                             for p in _csv_column(root, files, csv_file, what, quiet=True) if p not in listed]
     return ImageSet(
         ids=[files[i] for i in kept],
         labels=torch.tensor([labels[i] for i in kept], dtype=torch.long),
@@ -608,9 +613,10 @@ def _subfolder_groups(files: list[str]) -> list[int]:
     return [index[d] if d is not None else -1 for d in folders]
 
 
-def _csv_column(root: Path, files: list[str], csv_file: str, what: str) -> dict[str, str]:
+def _csv_column(root: Path, files: list[str], csv_file: str, what: str, quiet: bool = False) -> dict[str, str]:
     """{path: value} from a 'path,<what>' CSV (a header row is skipped); rows must be complete and
-    agree with each other, and at least one path must name an image."""
+    agree with each other, and at least one path must name an image. Paths naming no image are kept
+    (the folder loader lists them as skipped); ``quiet`` drops the warning about them."""
     try:
         with open(Path(csv_file).expanduser(), newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
@@ -639,8 +645,8 @@ def _csv_column(root: Path, files: list[str], csv_file: str, what: str) -> dict[
             f"no path in {csv_file} names an image in {root}",
             hint=f"paths are relative to the folder, like {files[0]!r}",
         )
-    if matched < len(given):
-        log.warning("%d paths in %s name no image in %s", len(given) - matched, csv_file, root)
+    if matched < len(given) and not quiet:
+        log.warning("%d paths in %s name no image in %s (listed as skipped)", len(given) - matched, csv_file, root)
     return given
 
 
