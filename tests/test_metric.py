@@ -75,6 +75,8 @@ def test_every_loss_trains_a_step(loss):
 def test_bad_loss_arguments_fail_before_data():
     with pytest.raises(ReplearnError, match="no argument 'margn'"):
         metric(out="unused", loss="triplet", loss_args={"margn": 0.3}, data="no-such-folder")
+    with pytest.raises(ReplearnError, match="unknown triplet mining 'hardest'"):
+        metric(out="unused", loss="triplet", loss_args={"mining": "hardest"}, data="no-such-folder")
     backbone = build_backbone("convnet", 1, 16, width=4)
     with pytest.raises(ReplearnError, match="mining"):
         MetricLearner(backbone, MethodOptions(args={"mining": "hardest"}), "triplet", 3)

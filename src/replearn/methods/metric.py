@@ -13,7 +13,8 @@ from torch import nn
 
 from replearn.errors import ReplearnError
 from replearn.losses import arcface_loss, contrastive_margin_loss, nt_xent, ranked_list_loss, triplet_loss
-from replearn.methods.base import Method, MethodOptions
+from replearn.losses.metric import MINING
+from replearn.methods.base import Method, MethodOptions, parse_args
 from replearn.nn import projection_head
 
 # name -> (paper, what the loss needs of a batch)
@@ -46,12 +47,18 @@ class MetricLearner(Method):
         lam: float = 1.0  # ranked-list: weight of the negatives' term
         scale: float = 30.0  # arcface / cosface: the logits' scale s
 
-    def __init__(self, backbone: nn.Module, opts: MethodOptions, loss: str, n_classes: int):
-        super().__init__(backbone, opts)
+    @classmethod
+    def check(cls, loss: str, given: dict) -> None:
+        """A ReplearnError for an unknown loss, argument or mining rule (before any data is read)."""
         if loss not in METRIC_LOSSES:
             raise ReplearnError(f"unknown metric loss {loss!r}", f"choose one of {', '.join(METRIC_LOSSES)}")
-        if self.args.mining not in ("all", "hard", "semihard"):
-            raise ReplearnError(f"unknown triplet mining {self.args.mining!r}", "use mining=all, hard or semihard")
+        args = parse_args(cls.Args, given, loss)
+        if args.mining not in MINING:
+            raise ReplearnError(f"unknown triplet mining {args.mining!r}", "use mining=all, hard or semihard")
+
+    def __init__(self, backbone: nn.Module, opts: MethodOptions, loss: str, n_classes: int):
+        super().__init__(backbone, opts)
+        self.check(loss, opts.args)
         self.loss, self.paper = loss, METRIC_LOSSES[loss]
         self.embed = projection_head(backbone.out_dim, opts.proj_hidden, opts.proj_dim)
         if loss in ("arcface", "cosface"):  # one learned direction (proxy) per class

@@ -21,7 +21,7 @@ def metric(config: MetricConfig | None = None, *, resume: bool = False, callback
     ``resume=True`` the run in ``out`` continues from ``last.ckpt`` with its saved config.
     """
     from replearn.data import load_data
-    from replearn.methods.base import MethodOptions, parse_args
+    from replearn.methods.base import MethodOptions
     from replearn.methods.metric import PAIR_LOSSES, MetricLearner
     from replearn.nn import build_backbone
     from replearn.train.module import ClassBalancedSampler
@@ -34,7 +34,7 @@ def metric(config: MetricConfig | None = None, *, resume: bool = False, callback
         raise ReplearnError(
             f"{out} already holds a run", f"continue it with --resume, or choose another --out than {out}"
         )
-    parse_args(MetricLearner.Args, cfg.loss_args, cfg.loss)  # a typo fails before any data is read
+    MetricLearner.check(cfg.loss, cfg.loss_args)  # a typo fails before any data is read
     rec = recipe(cfg.views)
     data = load_data(cfg.data, "train", image_size=cfg.image_size, labels_csv=cfg.labels_csv)
     if cfg.limit:
@@ -42,7 +42,7 @@ def metric(config: MetricConfig | None = None, *, resume: bool = False, callback
     data, trained, held_out, names = _training_classes(data, cfg.classes, pair_loss=cfg.loss in PAIR_LOSSES)
     if cfg.classes_per_batch > len(trained):
         print(f"note: {len(trained)} classes to train on, so batches hold {len(trained)} classes "
-              f"x {cfg.images_per_class} images")
+              f"x {cfg.images_per_class} images", flush=True)
         cfg = dataclasses.replace(cfg, classes_per_batch=len(trained))
     size = cfg.image_size or data.size
 
@@ -101,7 +101,7 @@ def _training_classes(data, spec: str | None, pair_loss: bool):
             skipped.append((data.ids[i], f"the only image of class {names[c]}: a pair loss needs two per class"))
         if lonely:
             print(f"left out {len(lonely)} class(es) with a single image ({', '.join(names[c] for c in lonely)}): "
-                  f"a pair loss needs two images of a class")
+                  f"a pair loss needs two images of a class", flush=True)
         trained = [c for c in wanted if counts[c] >= 2]
     if len(trained) < 2:
         raise ReplearnError(
