@@ -9,7 +9,8 @@ output of ``make demo``). ``NAME+init`` rows start the loss from that encoder (`
     python bench/metric.py --out runs/metric                          # every row
     python bench/metric.py --out runs/metric --only supcon,arcface+init
     python bench/metric.py --out /tmp/metric --epochs 1 --limit 3000 --eval-limit 5000   # smoke check
-    python bench/metric.py --out runs/metric --write docs/results.md
+    python bench/metric.py --out runs/metric-s1 --seed 1 --only supcon+init   # another seed, its own --out
+    python bench/metric.py --out runs/metric --write docs/results.md --seed-runs runs/metric-s1,runs/metric-s2
 
 A row already trained in ``--out`` is only evaluated again; rows of earlier calls are kept.
 """
@@ -52,7 +53,7 @@ def job(name: str, args) -> dict:
         loss, init = name.removesuffix("+init"), name.endswith("+init")
         train = [*py, "metric", "--config", f"configs/metric/{loss}.yaml", "--out", str(out), "--knn-monitor", "false",
                  *(["--init", args.ssl] if init else []), *(["--epochs", str(args.epochs)] if args.epochs else []),
-                 *(["--limit", str(args.limit)] if args.limit else [])]
+                 *(["--limit", str(args.limit)] if args.limit else []), *(["--seed", str(args.seed)] if args.seed else [])]
         row["train_cmd"] = " ".join(["replearn", *train[3:]])
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "encoder.pt").exists() or args.retrain:
@@ -89,14 +90,29 @@ def _ssl_command(run: Path) -> str:
     return f"replearn pretrain --method {c['method']} --epochs {c['epochs']} --batch-size {c['batch_size']} (config.yaml)"
 
 
-def table(summary: dict) -> str:
+def table(summary: dict, others: list[dict] = ()) -> str:
+    """The markdown table of ``summary``'s rows; ``others`` (summaries of other seeds' --out) turn a
+    row's R@1 and MAP@R cells into mean [min, max] over every seed that has that row."""
     ssl = next((r for r in summary["rows"] if r["name"] == "ssl" and "eval" in r), None)
     bar = ssl["eval"]["retrieval"]["recall@1"] if ssl else None
+    seeds = {}
+    for s in (summary, *others):
+        for r in s["rows"]:
+            if "eval" in r:
+                seeds.setdefault(r["name"], []).append(r["eval"]["retrieval"])
+
+    def cell(name: str, key: str) -> str:
+        v = [e[key] for e in seeds[name]]
+        if len(v) == 1:
+            return f"{v[0]:.1f}"
+        return f"{sum(v) / len(v):.1f} [{min(v):.1f}, {max(v):.1f}] (n={len(v)})"
+
     lines = [
         f"Machine: {summary['machine']}; {summary['date']}; {summary['jobs_at_once']} job(s) at a time, "
         f"{summary['threads']} thread(s) each. Retrieval on the {summary['queries']} test images of the held-out "
         "classes 5-9 (each image a query against the others, cosine similarity of the encoder's features); "
-        "kNN is the protocol's 10-class kNN accuracy, for scale.",
+        "kNN is the protocol's 10-class kNN accuracy, for scale. Cells with n = 3 are mean [min, max] over "
+        "training seeds 0, 1, 2 (`--seed`); the other cells are seed 0.",
         "",
         "| row | R@1 | R@2 | R@4 | R@8 | MAP@R | kNN (all classes) | R@1 above the self-supervised encoder | train s | commit |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -105,13 +121,19 @@ def table(summary: dict) -> str:
         if "eval" not in r:
             lines.append(f"| {r['name']} | failed: see {r['name']}/*.log | | | | | | | | |")
             continue
-        e, t = r["eval"]["retrieval"], r["eval"]
-        above = "" if r["name"] in ("raw", "ssl") or bar is None else (
-            f"yes (+{e['recall@1'] - bar:.1f})" if e["recall@1"] > bar else f"**no** ({e['recall@1'] - bar:+.1f})")
+        name, e, t = r["name"], r["eval"]["retrieval"], r["eval"]
+        r1 = [x["recall@1"] for x in seeds[name]]
+        mean = sum(r1) / len(r1)
+        above = ""
+        if name not in ("raw", "ssl") and bar is not None:
+            what = "every seed" if len(r1) > 1 and min(r1) > bar else "mean" if len(r1) > 1 else ""
+            above = (f"yes (+{mean - bar:.1f}{', ' + what if what else ''})" if mean > bar
+                     else f"**no** ({mean - bar:+.1f})")
         secs = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
-        lines.append(f"| {r['name']} | {e['recall@1']:.1f} | {e['recall@2']:.1f} | {e['recall@4']:.1f} | "
-                     f"{e['recall@8']:.1f} | {e['map@r']:.1f} | {t['knn']:.1f} | {above} | {secs} | {r.get('commit', '')} |")
-    lines += ["", "Commands (from the repository root):", ""]
+        lines.append(f"| {name} | {cell(name, 'recall@1')} | {e['recall@2']:.1f} | {e['recall@4']:.1f} | "
+                     f"{e['recall@8']:.1f} | {cell(name, 'map@r')} | {t['knn']:.1f} | {above} | {secs} | "
+                     f"{r.get('commit', '')} |")
+    lines += ["", "Commands (from the repository root; other seeds add `--seed 1|2` and their own --out):", ""]
     for r in summary["rows"]:
         lines.append(f"- {r['name']}: " + (f"`{r['train_cmd']}`, then " if r.get("train_cmd") else "")
                      + f"`{r.get('eval_cmd', '')}`")
@@ -139,11 +161,15 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=None, help="train on the first N images (smoke checks)")
     p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--retrain", action="store_true")
+    p.add_argument("--seed", type=int, default=None, help="train with this seed (the configs' is 0); use its own --out")
+    p.add_argument("--seed-runs", default=None,
+                   help="with --write: comma-separated --out folders of other seeds, for mean [min, max] cells")
     p.add_argument("--write", default=None, help="write the table into this markdown file and stop")
     args = p.parse_args()
     out = Path(args.out)
     if args.write:
-        write_section(Path(args.write), table(json.loads((out / "summary.json").read_text())),
+        others = [json.loads((Path(o) / "summary.json").read_text()) for o in (args.seed_runs or "").split(",") if o]
+        write_section(Path(args.write), table(json.loads((out / "summary.json").read_text()), others),
                       f"<!-- {MARKER}:start -->", f"<!-- {MARKER}:end -->")
         print(f"wrote {args.write}")
         return 0
