@@ -302,3 +302,20 @@ def test_clip_resumes_to_the_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
     ta, tb = (torch.load(r / "text_encoder.pt", weights_only=True) for r in (straight, resumed))
     assert ta["words"] == tb["words"]
+
+
+def test_evaluate_takes_the_prompt_and_checks_it_first(tmp_path, capsys):
+    from replearn.cli.main import main
+
+    path = write_csv(tmp_path / "pairs.csv", make_pairs(tmp_path, per_class=16))
+    out = tmp_path / "run"
+    assert main(["pretrain", "--data", str(path), "--method", "clip", "--image-size", "16", "--width", "4",
+                 "--batch-size", "16", "--epochs", "1", "--precision", "32", "--knn-monitor", "false",
+                 "--out", str(out)]) == 0
+    assert main(["evaluate", str(out), "--data", str(path), "--prompt", "a {label} thing", "--few-label", "2",
+                 "--seeds", "0"]) == 0
+    assert json.loads((out / "eval.json").read_text())["zero_shot"]["prompt"] == "a {label} thing"
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(path), "--prompt", "a thing"]) == 2
+    out_text, err = capsys.readouterr()
+    assert "has no {label}" in err and "features of" not in out_text  # refused before any work

@@ -154,6 +154,7 @@ class EvaluateConfig:
     limit: int | None = None
     labels_csv: str | None = None
     retrieval_classes: str | None = None  # retrieval among the test images of these classes, e.g. 5-9 or sandal,shirt (default: a run's held-out classes)
+    prompt: str = "a photo of a {label}"  # a clip run's zero-shot prompt; {label} becomes each class name
 
 
 @dataclass

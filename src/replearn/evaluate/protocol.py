@@ -107,6 +107,8 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     if spec is None and run and cfg.baseline is None:
         spec, source = _held_out_classes(run), "held_out_classes of the run's meta.json"
     retrieval = _retrieval_items(spec, source, test, cfg.data) if spec is not None else None  # before the slow part
+    if "{label}" not in cfg.prompt:  # checked before the slow part too (it only matters for a clip run)
+        raise ReplearnError(f"the prompt {cfg.prompt!r} has no {{label}}", "write e.g. --prompt 'a photo of a {label}'")
     say = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)  # noqa: E731
     say(f"evaluating on {cfg.data}: features of {len(train)} train and {len(test)} test images ...")
     f_train, f_test, name = _features(run, encoder, cfg, train, test)
@@ -145,7 +147,7 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
         from replearn.evaluate.zeroshot import clip_metrics
 
         say("zero-shot classification by prompts" + (", image->text retrieval ..." if test.captions else " ..."))
-        result.update(clip_metrics(folder, test, batch_size=cfg.batch_size))
+        result.update(clip_metrics(folder, test, prompt=cfg.prompt, batch_size=cfg.batch_size))
         say(f"zero-shot top-1 {result['zero_shot']['accuracy']:.1f}%"
             + (f", image->text R@1 {result['image_text']['recall@1']:.1f}%" if "image_text" in result else ""))
     result["seconds"] = {"features": round(t_feat - t0, 1), "total": round(time.perf_counter() - t0, 1)}
