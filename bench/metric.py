@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import ROOT, _run, machine, write_section  # noqa: E402
+from zoo import ROOT, _run, machine, train_once, write_section  # noqa: E402
 
 HELD_OUT = "5-9"
 MARKER = "metric"
@@ -56,14 +56,9 @@ def job(name: str, args) -> dict:
                  *(["--limit", str(args.limit)] if args.limit else []), *(["--seed", str(args.seed)] if args.seed else [])]
         row["train_cmd"] = " ".join(["replearn", *train[3:]])
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / "encoder.pt").exists() or args.retrain:
-            for stale in ("last.ckpt", "encoder.pt", "eval.json"):
-                (out / stale).unlink(missing_ok=True)
-            rc, secs = _run(train, out / "train.log", args.threads)
-            row["train_rc"], row["train_wall"] = rc, round(secs, 1)
-            if rc != 0:
-                row["error"] = (out / "train.log").read_text()[-600:]
-                return row
+        row.update(train_once(train, out, args.threads, args.retrain))
+        if "error" in row:
+            return row
         meta = json.loads((out / "meta.json").read_text())
         row.update(train_seconds=meta.get("train_seconds"), git_commit=meta.get("git_commit"))
         row["commit"] = (meta.get("git_commit") or "")[:7]

@@ -53,6 +53,20 @@ def _run(cmd: list[str], log: Path, threads: int) -> tuple[int, float]:
     return rc, time.perf_counter() - t0
 
 
+def train_once(cmd: list[str], out: Path, threads: int, retrain: bool) -> dict:
+    """Run the training command ``cmd`` unless ``out`` already holds an encoder (or ``retrain``);
+    returns what it measured (train_rc, train_wall; error: the log's tail, when it failed)."""
+    if (out / "encoder.pt").exists() and not retrain:
+        return {}
+    for stale in ("last.ckpt", "encoder.pt", "eval.json"):
+        (out / stale).unlink(missing_ok=True)
+    rc, secs = _run(cmd, out / "train.log", threads)
+    fields = {"train_rc": rc, "train_wall": round(secs, 1)}
+    if rc != 0:
+        fields["error"] = (out / "train.log").read_text()[-600:]
+    return fields
+
+
 def job(name: str, args) -> dict:
     """Train one row (replearn method, 'lightly-<method>' or 'raw'), then evaluate it."""
     out = Path(args.out) / name
@@ -75,14 +89,9 @@ def job(name: str, args) -> dict:
     row["jobs_at_once"], row["train_threads"] = args.jobs_at_once, args.train_threads
     if name != "raw":
         row["train_cmd"] = " ".join(["replearn", *train[3:]] if train[1] == "-m" else ["python", *train[1:]])
-        if not (out / "encoder.pt").exists() or args.retrain:
-            for stale in ("last.ckpt", "encoder.pt", "eval.json"):
-                (out / stale).unlink(missing_ok=True)
-            rc, secs = _run(train, out / "train.log", args.train_threads)
-            row["train_rc"], row["train_wall"] = rc, round(secs, 1)
-            if rc != 0:
-                row["error"] = (out / "train.log").read_text()[-600:]
-                return row
+        row.update(train_once(train, out, args.train_threads, args.retrain))
+        if "error" in row:
+            return row
     if args.train_only:
         return row
     if args.eval_limit:
