@@ -118,7 +118,7 @@ def _run(argv: list[str]) -> int:
                 print(f"  {'':<{width}}  {cls.paper}")
         print(f"backbones:   {', '.join(BACKBONES.names())}, or package.module:function")
         print(f"views:       {', '.join(RECIPES.names())}")
-        print(f"data:        {', '.join(data_names())}, an image folder, a .npy/.npz file, or a pairs .csv (image,caption)")
+        print(f"data:        {', '.join(data_names())}, an image folder, a .npy/.npz file, or a pairs .csv (image,caption or image,image2)")
         return 0
     if args.command == "results":
         import json

@@ -18,6 +18,8 @@ class ImageSet:
     ``skipped`` lists (path, reason) of inputs that could not be used. ``groups`` is None or int64
     (N,): images with the same id >= 0 show one object or clip (the ``group`` method's positives),
     -1 where unknown. ``captions`` is None or one text per image (the ``clip`` method's pairs).
+    ``partners`` is None or uint8 (N, C, H, W), a second image per item with the channels and size
+    of ``images`` (the ``clip`` method's image-image pairs); always in memory.
     """
 
     ids: list[str]
@@ -33,6 +35,7 @@ class ImageSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     groups: torch.Tensor | None = None
     captions: list[str] | None = None
+    partners: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images is None and self.decode is None:
@@ -43,6 +46,11 @@ class ImageSet:
             raise ValueError("ids and groups differ in length")
         if self.captions is not None and len(self.captions) != len(self.ids):
             raise ValueError("ids and captions differ in length")
+        if self.partners is not None and tuple(self.partners.shape) != (len(self.ids), self.channels, self.size, self.size):
+            raise ValueError(
+                f"partners of shape {tuple(self.partners.shape)} are not {len(self.ids)} "
+                f"{self.channels}-channel {self.size}-px images"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -86,6 +94,7 @@ class ImageSet:
             skipped=self.skipped,
             groups=None if self.groups is None else self.groups[idx],
             captions=None if self.captions is None else [self.captions[i] for i in idx.tolist()],
+            partners=None if self.partners is None else self.partners[idx],
         )
 
 
@@ -101,7 +110,10 @@ class _SubsetDecode:
 
 def concat(first: ImageSet, second: ImageSet, name: str | None = None) -> ImageSet:
     """The images of ``first`` then ``second`` (same channels and size); labels keep their indices
-    (the caller aligns the class lists), ids are kept as they are; in memory when both are."""
+    (the caller aligns the class lists), ids are kept as they are; in memory when both are. Sets of
+    image pairs (``partners``) are not joined: there is no partner to give the other set's images."""
+    if first.partners is not None or second.partners is not None:
+        raise ValueError("cannot join a set of image pairs (partners) with another set")
     if first.channels != second.channels or first.size != second.size:
         raise ValueError(
             f"cannot join {first.channels}-channel {first.size}-px images with "

@@ -1,5 +1,5 @@
 """Data sources turned into an ImageSet: Fashion-MNIST, sklearn digits, image folders, numpy arrays,
-and CSV files pairing images with captions.
+and CSV files pairing images with captions or with second images.
 
 Everything becomes square uint8 images (N, C, S, S) so that augmentation can run batched on the
 device; only a folder too large for memory is decoded lazily, one image at a time, in workers.
@@ -91,6 +91,10 @@ def load_data(
     ``image,caption`` and an optional ``label`` column; image paths relative to the CSV's folder or
     absolute), or an .npz ``captions`` array of strings. An item with an empty caption, and a CSV row
     whose image is missing or unreadable, is skipped and listed in ``ImageSet.skipped``.
+    Image pairs (``ImageSet.partners``): a pairs CSV with the header ``image,image2`` (optional
+    ``label``), or an .npz ``images2`` array shaped as ``images``; both images are held in memory,
+    decoded by the same rules (a CSV row whose first or second image is missing or unreadable is
+    skipped, the reason naming the column). Captions and second images together are an error.
     """
     if split not in SPLITS:
         raise ReplearnError(f"unknown split: {split!r}", hint="use 'train', 'test' or 'all'")
@@ -121,7 +125,7 @@ def load_data(
     elif path.exists():
         raise ReplearnError(
             f"not an image folder, .npy/.npz file or pairs .csv: {spec}",
-            hint="give a folder of images, a numpy file, or a CSV with the header image,caption",
+            hint="give a folder of images, a numpy file, or a CSV with the header image,caption or image,image2",
         )
     else:
         close = difflib.get_close_matches(spec.lower(), BUILTIN, n=1, cutoff=0.6)
@@ -135,12 +139,17 @@ def load_data(
 
 def _resized(data: ImageSet, size: int) -> ImageSet:
     assert data.images is not None
-    out = torch.empty(len(data), data.channels, size, size, dtype=torch.uint8)
-    for start in range(0, len(data), 4096):  # chunks bound the float copy
-        x = data.images[start : start + 4096].float()
+    partners = None if data.partners is None else _resize(data.partners, size)
+    return dataclasses.replace(data, images=_resize(data.images, size), size=size, partners=partners)
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    out = torch.empty(len(images), images.shape[1], size, size, dtype=torch.uint8)
+    for start in range(0, len(images), 4096):  # chunks bound the float copy
+        x = images[start : start + 4096].float()
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out[start : start + 4096] = x.round_().clamp_(0, 255).to(torch.uint8)
-    return dataclasses.replace(data, images=out, size=size)
+    return out
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -280,7 +289,7 @@ def _arrays(path: Path) -> ImageSet:
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
-            images, labels, groups, captions = loaded, None, None, None
+            images, labels, groups, captions, images2 = loaded, None, None, None, None
         else:
             with loaded:
                 if "images" not in loaded.files:
@@ -292,6 +301,7 @@ def _arrays(path: Path) -> ImageSet:
                 labels = loaded["labels"] if "labels" in loaded.files else None
                 groups = loaded["groups"] if "groups" in loaded.files else None
                 captions = loaded["captions"] if "captions" in loaded.files else None
+                images2 = loaded["images2"] if "images2" in loaded.files else None
     except (OSError, ValueError, EOFError) as e:
         raise ReplearnError(
             f"cannot read {path}: {e}", hint="save with numpy.save / numpy.savez (no pickled objects)"
@@ -299,6 +309,7 @@ def _arrays(path: Path) -> ImageSet:
     x = _nchw_uint8(images, path.name)
     y, classes = _array_labels(labels, len(x), path.name)
     texts = _array_captions(captions, len(x), path.name)
+    partners = _array_partners(images2, x, path.name, texts is not None)
     mean, std = _stats(torch.from_numpy(x[_spread(len(x), 2000)]))
     data = ImageSet(
         ids=[str(i) for i in range(len(x))],
@@ -312,6 +323,7 @@ def _arrays(path: Path) -> ImageSet:
         std=std,
         groups=_array_groups(groups, len(x), path.name),
         captions=texts,
+        partners=partners,
     )
     if texts is None or all(texts):
         return data
@@ -349,6 +361,24 @@ def _nchw_uint8(images: np.ndarray, name: str) -> np.ndarray:
             hint="convert with .astype(numpy.uint8) or scale to [0, 1]",
         )
     return np.ascontiguousarray(x, dtype=np.uint8)
+
+
+def _array_partners(images2: np.ndarray | None, x: np.ndarray, name: str, captions: bool) -> torch.Tensor | None:
+    """An .npz ``images2`` array: the second image of each pair, shaped as ``images`` once in (N, C, H, W)."""
+    if images2 is None:
+        return None
+    if captions:
+        raise ReplearnError(
+            f"{name} has both captions and images2",
+            hint="a pair is an image with a caption or with a second image: save one of the two arrays",
+        )
+    y = _nchw_uint8(images2, f"{name} (images2)")
+    if y.shape != x.shape:
+        raise ReplearnError(
+            f"{name}: images2 of shape {y.shape} (as N,C,H,W) do not match images of shape {x.shape}",
+            hint="images2 holds one second image per image, with the same channels and size",
+        )
+    return torch.from_numpy(y)
 
 
 def _array_labels(labels: np.ndarray | None, n: int, name: str) -> tuple[torch.Tensor, list[str] | None]:
@@ -508,24 +538,35 @@ def _read_images(paths: list[str], names: list[str], size: int, max_bytes: int, 
     return _Read(kept, skipped, channels, images, decode, mean, std)
 
 
-# ---------------------------------------------------------------- pairs CSV (image, caption)
+# ---------------------------------------------------------------- pairs CSV (image, caption or image2)
+
+
+_PAIRS_USAGE = (
+    "a pairs CSV starts with the header image,caption or image,image2 (optionally ,label); each row "
+    "gives an image path, relative to the CSV's folder or absolute, and its caption or second image"
+)
 
 
 def _pairs(path: Path, size: int, max_bytes: int) -> ImageSet:
-    """A CSV of image-caption pairs: header ``image,caption`` (any order, more columns ignored, an
-    optional ``label``); one row per pair, so an image may appear in several rows."""
-    usage = (
-        "a pairs CSV starts with the header image,caption (optionally ,label); each row gives an image "
-        "path, relative to the CSV's folder or absolute, and its caption"
-    )
+    """A CSV of pairs: header ``image,caption`` or ``image,image2`` (any order, more columns ignored,
+    an optional ``label``); one row per pair, so an image may appear in several rows. Both
+    ``caption`` and ``image2`` is an error: a pair is an image with a caption or with a second image."""
+    usage = _PAIRS_USAGE
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ReplearnError(f"cannot read pairs file {path}: {e}", hint=usage) from e
     header = [c.strip().lower() for c in rows[0]] if rows else []
-    if "image" not in header or "caption" not in header:
-        raise ReplearnError(f"{path} has no header row image,caption", hint=usage)
+    if "image" not in header or not ("caption" in header or "image2" in header):
+        raise ReplearnError(f"{path} has no header row image,caption or image,image2", hint=usage)
+    if "caption" in header and "image2" in header:
+        raise ReplearnError(
+            f"{path} has both a caption and an image2 column",
+            hint="a pair is an image with a caption or with a second image: drop one of the two columns",
+        )
+    if "image2" in header:
+        return _image_pairs(path, rows, header, size, max_bytes)
     col = {name: header.index(name) for name in ("image", "caption", "label") if name in header}
     names, paths, captions, labels, skipped = [], [], [], [], []
     for line, row in enumerate(rows[1:], start=2):  # line numbers as an editor shows them (no blank lines)
@@ -569,6 +610,71 @@ def _pairs(path: Path, size: int, max_bytes: int) -> ImageSet:
         skipped=skipped,
         captions=[captions[i] for i in read.kept],
     )
+
+
+def _image_pairs(path: Path, rows: list[list[str]], header: list[str], size: int, max_bytes: int) -> ImageSet:
+    """The rows of a pairs CSV ``image,image2[,label]``: both images decoded in memory by the
+    folders' rules, the second as ``ImageSet.partners``. A row whose first or second image is
+    missing or unreadable is skipped, its reason naming the column."""
+    col = {name: header.index(name) for name in ("image", "image2", "label") if name in header}
+    pairs, skipped = [], []  # pairs: (line, image cell, image2 cell, label cell)
+    for line, row in enumerate(rows[1:], start=2):
+        cell = {k: row[i].strip() if i < len(row) else "" for k, i in col.items()}
+        for k in ("image", "image2"):
+            if not cell[k] or not _pair_path(path, cell[k]).is_file():
+                reason = "no such file" if cell[k] else "no path"
+                skipped.append((cell[k] or f"{path.name} row {line}", f"row {line}: {k}: {reason}"))
+                break
+        else:
+            pairs.append((line, cell["image"], cell["image2"], cell.get("label", "")))
+    if not pairs:
+        raise ReplearnError(
+            f"no usable image pair in {path} ({len(skipped)} row(s) skipped)",
+            hint="; ".join(f"{p}: {r}" for p, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""),
+        )
+    need = 2 * len(pairs) * 3 * size * size  # the step slices partners by index: no lazy decoding
+    if need > max_bytes:
+        raise ReplearnError(
+            f"{len(pairs)} image pairs of {size}x{size} px need {need / 2**30:.1f} GiB, more than the "
+            f"{max_bytes / 2**30:.1f} GiB allowed in memory; image pairs must fit in memory",
+            hint=f"pass --image-size {int((max_bytes / (2 * len(pairs) * 3)) ** 0.5)} or less, or use fewer pairs",
+        )
+    if skipped:
+        log.warning("skipped %d of %d rows of %s (see ImageSet.skipped)", len(skipped), len(rows) - 1, path)
+    images = partners = None
+    for k, column in ((1, "image"), (2, "image2")):  # the first images, then the second ones of the rows kept
+        where = f"in the {column} column of {path}"
+        read = _read_images([str(_pair_path(path, p[k])) for p in pairs], [p[k] for p in pairs], size, max_bytes, where)
+        assert read.images is not None  # eager: need <= max_bytes
+        reason, kept = dict(read.skipped), set(read.kept)  # a file named twice fails alike in both rows
+        skipped += [(p[k], f"row {p[0]}: {column}: {reason[p[k]]}") for i, p in enumerate(pairs) if i not in kept]
+        pairs = [pairs[i] for i in read.kept]
+        if k == 1:
+            images = read.images
+        else:
+            images, partners = images[read.kept], read.images
+    if images.shape[1] != partners.shape[1]:  # one side all gray, the other in colour: both in colour
+        images, partners = images.expand(-1, 3, -1, -1).contiguous(), partners.expand(-1, 3, -1, -1).contiguous()
+    codes, classes = _encode_labels([p[3] for p in pairs], path.name)
+    mean, std = _stats(images[_spread(len(images), 2000)])  # of the first images, as the recipe normalises both
+    return ImageSet(
+        ids=[p[1] for p in pairs],
+        labels=torch.tensor(codes, dtype=torch.long),
+        name=path.stem,
+        channels=images.shape[1],
+        size=size,
+        images=images,
+        classes=classes,
+        mean=mean,
+        std=std,
+        skipped=skipped,
+        partners=partners,
+    )
+
+
+def _pair_path(csv_path: Path, cell: str) -> Path:
+    full = Path(cell).expanduser()
+    return full if full.is_absolute() else csv_path.parent / full
 
 
 def _spread(n: int, k: int) -> list[int]:

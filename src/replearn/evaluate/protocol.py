@@ -150,6 +150,15 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
         result.update(clip_metrics(folder, test, prompt=cfg.prompt, batch_size=cfg.batch_size))
         say(f"zero-shot top-1 {result['zero_shot']['accuracy']:.1f}%"
             + (f", image->text R@1 {result['image_text']['recall@1']:.1f}%" if "image_text" in result else ""))
+    elif folder is not None and cfg.baseline is None and (folder / "partner_encoder.pt").exists():  # clip on image pairs
+        from replearn.evaluate.zeroshot import clip_metrics
+
+        if test.partners is None:
+            say(f"{cfg.data} has no second images: no image->image retrieval (no text tower: no zero-shot)")
+        else:
+            say("image->image retrieval of each image's partner ...")
+            result.update(clip_metrics(folder, test, batch_size=cfg.batch_size))
+            say(f"image->image R@1 {result['image_image']['recall@1']:.1f}%")
     result["seconds"] = {"features": round(t_feat - t0, 1), "total": round(time.perf_counter() - t0, 1)}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=2) + "\n", out / "eval.json")

@@ -1,4 +1,5 @@
-"""A clip run's two towers: zero-shot classification by prompts, and image->text retrieval."""
+"""A clip run's two towers: zero-shot classification by prompts and image->text retrieval; on image
+pairs, image->image retrieval of each image's partner."""
 
 from __future__ import annotations
 
@@ -29,19 +30,9 @@ class ClipTowers:
         self.backbone, self.text, self.image_proj = self.backbone.to(device), self.text.to(device), self.image_proj.to(device)
         self.device = device
 
-    @torch.no_grad()
     def images(self, data: ImageSet, batch_size: int = 512) -> torch.Tensor:
         """float32 (N, P) on the CPU, unit rows; the data normalised as the pretraining data was."""
-        spec = self.spec
-        if spec["channels"] != data.channels or spec["image_size"] != data.size:
-            raise ReplearnError(
-                f"the encoder expects {spec['channels']}-channel {spec['image_size']}px images, "
-                f"the data has {data.channels}-channel {data.size}px",
-                "evaluate on data like the pretraining data (or pass --image-size when loading a folder)",
-            )
-        data = dataclasses.replace(data, mean=tuple(spec["mean"]), std=tuple(spec["std"]))
-        h = extract_features(self.backbone, data, batch_size, self.device)  # (N, D)
-        return torch.cat([F.normalize(self.image_proj(c.to(self.device)).float(), dim=1).cpu() for c in h.split(batch_size)])
+        return project_images(self.backbone, self.image_proj, self.spec, data, self.device, batch_size)
 
     @torch.no_grad()
     def texts(self, texts: list[str], batch_size: int = 512) -> torch.Tensor:
@@ -51,6 +42,47 @@ class ClipTowers:
             ids = self.tokenizer(texts[start : start + batch_size]).to(self.device)  # (B, L)
             out.append(F.normalize(self.text(ids).float(), dim=1).cpu())
         return torch.cat(out) if out else torch.empty(0, self.text.out_dim)
+
+
+class PartnerTowers:
+    """A clip run on image pairs: the first image's tower (``encoder.pt``'s backbone, then the image
+    projection) and the partner's (``partner_encoder.pt``), both ending in the shared space."""
+
+    def __init__(self, run: str | Path, device: torch.device | str | None = None):
+        from replearn.nn import load_encoder
+        from replearn.nn.partner import load_partner_encoder
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.backbone, self.spec = load_encoder(run, map_location=self.device)
+        self.partner, self.partner_proj, self.image_proj, _ = load_partner_encoder(run, self.spec, self.device)
+        for m in (self.backbone, self.partner, self.partner_proj, self.image_proj):
+            m.to(self.device)
+
+    def images(self, data: ImageSet, batch_size: int = 512) -> torch.Tensor:
+        """The first images, float32 (N, P) on the CPU, unit rows."""
+        return project_images(self.backbone, self.image_proj, self.spec, data, self.device, batch_size)
+
+    def partners(self, data: ImageSet, batch_size: int = 512) -> torch.Tensor:
+        """The second images (``data.partners``), float32 (N, P) on the CPU, unit rows."""
+        if data.partners is None:
+            raise ReplearnError(f"{data.name} has no second images", "give a pairs CSV image,image2 or an .npz with images2")
+        second = dataclasses.replace(data, images=data.partners, decode=None, partners=None)
+        return project_images(self.partner, self.partner_proj, self.spec, second, self.device, batch_size)
+
+
+@torch.no_grad()
+def project_images(backbone, proj, spec: dict, data: ImageSet, device, batch_size: int = 512) -> torch.Tensor:
+    """``data``'s images, normalised as the pretraining data was (``spec``: encoder.pt's), through
+    ``backbone`` then ``proj``: float32 (N, P) on the CPU, unit rows."""
+    if spec["channels"] != data.channels or spec["image_size"] != data.size:
+        raise ReplearnError(
+            f"the encoder expects {spec['channels']}-channel {spec['image_size']}px images, "
+            f"the data has {data.channels}-channel {data.size}px",
+            "evaluate on data like the pretraining data (or pass --image-size when loading a folder)",
+        )
+    data = dataclasses.replace(data, mean=tuple(spec["mean"]), std=tuple(spec["std"]))
+    h = extract_features(backbone, data, batch_size, device)  # (N, D)
+    return torch.cat([F.normalize(proj(c.to(device)).float(), dim=1).cpu() for c in h.split(batch_size)])
 
 
 def prompts(data: ImageSet, prompt: str = PROMPT) -> list[str]:
@@ -89,20 +121,42 @@ def image_text_recall(
         raise ValueError("img_emb, txt_emb and captions differ in length")
     codes: dict[str, int] = {}
     ids = torch.tensor([codes.setdefault(c, len(codes)) for c in captions])  # equal text, equal id
-    img, txt = F.normalize(img_emb.float(), dim=1), F.normalize(txt_emb.float(), dim=1)
-    top_k = min(max(ks), len(txt))
+    return _pair_recall(img_emb, txt_emb, ids, ks, chunk)
+
+
+def image_image_recall(emb: torch.Tensor, partner_emb: torch.Tensor, ks: tuple[int, ...] = (1, 5), chunk: int = 1024) -> dict[str, float]:
+    """Image->image Recall@K in percent. Row i of ``emb`` (N, D) is a first image, row i of
+    ``partner_emb`` (N, D) its second image; each first image ranks all N second images by cosine
+    similarity and scores a hit at K when its own partner is among the first K."""
+    if len(emb) != len(partner_emb):
+        raise ValueError("emb and partner_emb differ in length")
+    return _pair_recall(emb, partner_emb, torch.arange(len(emb)), ks, chunk)
+
+
+def _pair_recall(queries: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor, ks: tuple[int, ...], chunk: int) -> dict[str, float]:
+    """Recall@K of query i against all keys: a hit when one of its K nearest (cosine) has ``ids == ids[i]``."""
+    q, keys = F.normalize(queries.float(), dim=1), F.normalize(keys.float(), dim=1)
+    top_k = min(max(ks), len(keys))
     hits = dict.fromkeys(ks, 0)
-    for s in range(0, len(img), chunk):
-        top = (img[s : s + chunk] @ txt.T).topk(top_k, dim=1).indices  # (B, K)
+    for s in range(0, len(q), chunk):
+        top = (q[s : s + chunk] @ keys.T).topk(top_k, dim=1).indices  # (B, K)
         match = ids[top] == ids[s : s + chunk, None]  # (B, K)
         for k in ks:
             hits[k] += int(match[:, :k].any(1).sum())
-    return {f"recall@{k}": 100.0 * hits[k] / max(1, len(img)) for k in ks}
+    return {f"recall@{k}": 100.0 * hits[k] / max(1, len(q)) for k in ks}
 
 
 def clip_metrics(run_dir: str | Path, data: ImageSet, prompt: str = PROMPT, batch_size: int = 512) -> dict:
     """What ``replearn evaluate`` adds to eval.json for a clip run: ``zero_shot`` (accuracy in
-    percent, prompt) and, when ``data`` has captions, ``image_text`` (Recall@1 and @5 in percent)."""
+    percent, prompt) and, when ``data`` has captions, ``image_text`` (Recall@1 and @5 in percent).
+    A run on image pairs has no text tower, so no zero-shot: ``image_image`` (Recall@1 and @5 in
+    percent) when ``data`` has second images, else nothing."""
+    if (Path(run_dir) / "partner_encoder.pt").exists():
+        if data.partners is None:
+            return {}
+        towers = PartnerTowers(run_dir)
+        r = image_image_recall(towers.images(data, batch_size), towers.partners(data, batch_size))
+        return {"image_image": {k: round(v, 2) for k, v in r.items()}}
     texts = prompts(data, prompt)
     towers = ClipTowers(run_dir)
     img = towers.images(data, batch_size)

@@ -117,7 +117,7 @@ class Method(nn.Module):
 
     def export(self, folder: Path) -> None:
         """Writes files beside ``encoder.pt`` in the run folder that evaluation needs besides the
-        backbone (clip: ``text_encoder.pt``); nothing by default."""
+        backbone (clip: ``text_encoder.pt``, or ``partner_encoder.pt`` on image pairs); nothing by default."""
 
     def sample_weights(self) -> torch.Tensor | None:
         """Per-image sampling weights for the coming epoch (None: a plain permutation)."""

@@ -68,7 +68,7 @@ class CollapseGuard(pl.Callback):
 
 class EncoderExport(pl.Callback):
     """Writes ``encoder.pt`` (backbone weights + rebuild spec) and the method's own exports (clip's
-    ``text_encoder.pt``) at each epoch end."""
+    ``text_encoder.pt`` or ``partner_encoder.pt``) at each epoch end."""
 
     def __init__(self, out: Path, spec: dict):
         self.path, self.spec = Path(out) / "encoder.pt", spec
