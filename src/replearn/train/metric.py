@@ -46,16 +46,17 @@ def metric(config: MetricConfig | None = None, *, resume: bool = False, callback
         cfg = dataclasses.replace(cfg, classes_per_batch=len(trained))
     size = cfg.image_size or data.size
 
-    if cfg.init:
-        spec = init_backbone(cfg.init, data, size)[1]
+    pretrained = None
+    if cfg.init:  # loaded once, here, so a bad --init fails before anything is written
+        pretrained, spec = init_backbone(cfg.init, data, size)
         spec = {k: spec[k] for k in ("backbone", "width", "small_stem", "init") if k in spec}
     else:
         spec = {"backbone": cfg.backbone, "width": cfg.width, "small_stem": cfg.small_stem}
     spec["method"] = f"metric:{cfg.loss}"
 
     def build():
-        if cfg.init:
-            backbone = init_backbone(cfg.init, data, size)[0]
+        if pretrained is not None:
+            backbone = pretrained
         else:
             backbone = build_backbone(cfg.backbone, data.channels, size, cfg.width, cfg.small_stem)
         opts = MethodOptions(proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim, args=cfg.loss_args)
