@@ -27,7 +27,7 @@ class PretrainConfig:
     out: str = "runs/pretrain"  # run folder
     method: str = "simclr"
     method_args: dict[str, Any] = field(default_factory=dict)  # the method's own, e.g. queue_size=4096,momentum=0.99
-    backbone: str = "convnet"  # convnet | resnet18 | resnet50 | package.module:function
+    backbone: str | None = None  # convnet | flatconv | resnet18 | resnet50 | package.module:function; default: the method's (flatconv for the generative ones, else convnet)
     width: int = 32  # convnet width
     small_stem: bool = True  # resnets: 3x3 stride-1 stem without max-pool, for small images
     image_size: int | None = None  # default: the data's own size (folders: 64)

@@ -15,6 +15,13 @@ logging) lives in ``replearn.train``, which calls, in this order:
     after_step()                          after each optimiser step (EMA update, normalisation)
     export(folder)                        at each epoch end on rank 0, beside encoder.pt: files that
                                           evaluation needs besides the backbone (clip's text encoder)
+    pictures(images, mean, std)           at each epoch end on rank 0 (generative methods): named
+                                          image grids saved as PNG in the run folder's pictures/
+
+A method whose parts have their own optimiser (FactorVAE's TC critic, InfoGAN's discriminator)
+lists them in ``extra_optimizers()``; ``training_step`` then returns the sum of every part's loss,
+each behind stop-gradients so that one backward pass gives every parameter the gradient of its
+own part's loss alone, and each optimiser steps its own parameters.
 
 Method-specific hyper-parameters live in the method's ``Args`` dataclass; users set them with
 ``--method-args key=value,...`` (or a ``method_args:`` mapping in the YAML config).
@@ -46,6 +53,9 @@ class MethodOptions:
     proj_hidden: int = 512
     proj_dim: int = 128
     args: dict[str, Any] = field(default_factory=dict)  # checked against the method's Args
+    channels: int = 3  # of the training images (a decoder's output)
+    image_size: int = 32
+    width: int = 32  # the backbone's width, which a decoder mirrors
 
 
 def parse_args(cls: type, given: dict[str, Any], method: str) -> Any:
@@ -68,6 +78,7 @@ class Method(nn.Module):
     n_views: int = 2
     paper: str = ""  # the paper, as "Authors, Title, venue year (arXiv id)"
     needs_dataset_features: bool = False
+    default_backbone: str = "convnet"  # the backbone when the config names none
 
     @dataclass
     class Args:
@@ -118,6 +129,20 @@ class Method(nn.Module):
     def export(self, folder: Path) -> None:
         """Writes files beside ``encoder.pt`` in the run folder that evaluation needs besides the
         backbone (clip: ``text_encoder.pt``, or ``partner_encoder.pt`` on image pairs); nothing by default."""
+
+    def extra_optimizers(self) -> list[dict]:
+        """Parameter sets stepped by their own Adam, as ``{"params": [...], "lr": ..., "betas": (...)}``
+        (lr unscaled by batch size, constant); every other parameter steps with the run's optimiser."""
+        return []
+
+    def encoder_spec(self) -> dict:
+        """What ``encoder.pt``'s spec needs besides the backbone's (a generative method's latent head)."""
+        return {}
+
+    def pictures(self, images: torch.Tensor, mean, std) -> dict[str, Any]:
+        """uint8 images (a fixed sample of the training set) -> {name: an image grid (C, H, W) in
+        [0, 1], saved as name.png, or a dict, saved as name.json}; nothing by default."""
+        return {}
 
     def sample_weights(self) -> torch.Tensor | None:
         """Per-image sampling weights for the coming epoch (None: a plain permutation)."""

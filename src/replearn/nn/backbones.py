@@ -41,6 +41,30 @@ def convnet(in_channels: int = 3, width: int = 32, **_) -> nn.Module:
     return net
 
 
+@BACKBONES.register("flatconv")
+def flatconv(in_channels: int = 3, width: int = 32, image_size: int = 32, **_) -> nn.Module:
+    """Strided 4x4 convolutions (width, width, 2x, 2x, ...) halving the image down to 3-4 px, then
+    flatten and FC 256 -> 256 features (Burgess et al.'s beta-VAE encoder, arXiv:1804.03599, with
+    BN after all but the first convolution). No global pooling: the features keep where things are,
+    which a generative model must reconstruct (position, size)."""
+    w, side, cin = width, image_size, in_channels
+    layers: list[nn.Module] = []
+    i = 0
+    while True:
+        cout = w if i < 2 else 2 * w
+        layers.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=i == 0))
+        if i:
+            layers.append(nn.BatchNorm2d(cout))
+        layers.append(nn.LeakyReLU(0.2, inplace=True))
+        cin, side, i = cout, side // 2, i + 1
+        if side <= 4:
+            break
+    layers += [nn.Flatten(), nn.Linear(cin * side * side, 256), nn.LeakyReLU(0.2, inplace=True)]
+    net = nn.Sequential(*layers)
+    net.out_dim = 256
+    return net
+
+
 def _resnet(arch: str, in_channels: int, small_stem: bool) -> nn.Module:
     import torchvision
 
@@ -101,7 +125,7 @@ def build_backbone(
     """Registry name (``convnet``, ``resnet18``, ``resnet50``) or ``package.module:function``."""
     if ":" in name:
         return _user_backbone(name, in_channels, image_size)
-    return BACKBONES.get(name)(in_channels=in_channels, width=width, small_stem=small_stem)
+    return BACKBONES.get(name)(in_channels=in_channels, width=width, small_stem=small_stem, image_size=image_size)
 
 
 def save_encoder(path: str | Path, backbone: nn.Module, spec: dict) -> None:
@@ -127,7 +151,14 @@ def read_weights_file(path: str | Path, name: str, fmt: str, what: str, made_by:
 
 
 def backbone_from_spec(spec: dict) -> nn.Module:
-    return build_backbone(spec["backbone"], spec["channels"], spec["image_size"], spec["width"], spec["small_stem"])
+    """The encoder an ``encoder.pt`` spec describes: the backbone, and where the spec has a ``head``
+    (the generative methods), the backbone followed by that latent-mean head."""
+    net = build_backbone(spec["backbone"], spec["channels"], spec["image_size"], spec["width"], spec["small_stem"])
+    if spec.get("head"):
+        from replearn.nn.generative import LatentEncoder
+
+        net = LatentEncoder(net, spec["head"])
+    return net
 
 
 def load_encoder(path: str | Path, map_location="cpu") -> tuple[nn.Module, dict]:

@@ -77,3 +77,33 @@ class EncoderExport(pl.Callback):
         if trainer.global_rank == 0:
             save_encoder(self.path, pl_module.method.backbone, self.spec)
             pl_module.method.export(self.path.parent)
+
+
+class Pictures(pl.Callback):
+    """The method's pictures (reconstructions, samples, latent traversals) of a fixed sample of the
+    training images, at each epoch end on rank 0: ``pictures/NAME_epochEEE.png`` and, newest,
+    ``NAME.png`` in the run folder (a dict becomes ``NAME.json``)."""
+
+    def __init__(self, out: Path, data: ImageSet, n: int = 10):
+        self.out = Path(out)
+        pick = torch.linspace(0, len(data) - 1, min(n, len(data))).round().long()  # spread over the set
+        self.images, self.mean, self.std = data.batch(pick), data.mean, data.std
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.global_rank != 0:
+            return
+        import json
+
+        from torchvision.utils import save_image
+
+        from replearn.fileio import atomic_write_text
+
+        pics = pl_module.method.pictures(self.images.to(pl_module.device), self.mean, self.std)
+        (self.out / "pictures").mkdir(exist_ok=True)
+        for name, value in pics.items():
+            if isinstance(value, dict):
+                atomic_write_text(json.dumps(value, indent=2) + "\n", self.out / f"{name}.json")
+                continue
+            epoch_file = self.out / "pictures" / f"{name}_epoch{trainer.current_epoch:03d}.png"
+            save_image(value.float().cpu(), epoch_file)
+            save_image(value.float().cpu(), self.out / f"{name}.png")

@@ -121,12 +121,13 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
 
 
-def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(module: torch.nn.Module, weight_decay: float, exclude: tuple = ()) -> list[dict]:
     """The trainable parameters in two optimiser groups: weights with ``weight_decay``, and BN
-    parameters and biases (1-d) without it."""
+    parameters and biases (1-d) without it; parameters in ``exclude`` (another optimiser's) left out."""
     decay, no_decay = [], []
+    skip = {id(p) for p in exclude}
     for p in module.parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in skip:
             (no_decay if p.ndim <= 1 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -174,6 +175,10 @@ class PretrainModule(TimedLoop):
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_epochs, self.num_workers = warmup_epochs, num_workers
         self.views_seen = 0  # this session's, for the loop's views/s
+        # parts with their own optimiser (FactorVAE's critic, InfoGAN's D): Lightning's manual
+        # optimisation, one backward of the summed losses, then every optimiser steps its own part
+        self.extra = method.extra_optimizers()
+        self.automatic_optimization = not self.extra
 
     def on_fit_start(self) -> None:
         self.method.to(memory_format=torch.channels_last)
@@ -203,18 +208,28 @@ class PretrainModule(TimedLoop):
             pin_memory=torch.cuda.is_available(),
         )
 
+    def step_index(self, batch_idx: int) -> int:
+        """Batches trained so far: the global step, except under manual optimisation, where
+        Lightning counts every optimiser's step (checkpoints fall on epoch ends, so this resumes)."""
+        if self.automatic_optimization:
+            return self.global_step
+        return self.current_epoch * int(self.trainer.num_training_batches) + batch_idx
+
     def training_step(self, batch, batch_idx):
         images, _, index = batch
-        g = step_generator(self.seed, self.global_step, self.global_rank, images.device)
+        step = self.step_index(batch_idx)
+        g = step_generator(self.seed, step, self.global_rank, images.device)
         epochs = int(self.trainer.max_epochs)
-        self.method.set_progress(self.global_step, self._total_steps, self.current_epoch, epochs)
+        self.method.set_progress(step, self._total_steps, self.current_epoch, epochs)
         views = self.method.make_views(images, self.recipe, self.image_size, self.data.mean, self.data.std, g)
         self.views_seen += sum(v.shape[0] for v in views)
         # channels_last: oneDNN's and cuDNN's fast layout (CPU, bf16, 2 threads: 3,100 vs 2,460 views/s)
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         loss, logs = self.method.training_step(views, index)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the loss became {loss.item()} at step {self.global_step}")
+            raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}")
+        if not self.automatic_optimization:
+            self._manual_step(loss)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(index))
         for key, value in logs.items():  # a method's own scalars (loss terms, momentum, temperature)
             if key not in ("features", "embeddings") and (isinstance(value, float | int) or (torch.is_tensor(value) and value.numel() == 1)):
@@ -228,6 +243,16 @@ class PretrainModule(TimedLoop):
             if logs.get(key) is not None:
                 self.log(name, spread(logs[key]), on_step=False, on_epoch=True, batch_size=len(index))
         return loss
+
+    def _manual_step(self, loss: torch.Tensor) -> None:
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        for opt in opts:
+            opt.step()
+        self.lr_schedulers().step()
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
@@ -266,7 +291,8 @@ class PretrainModule(TimedLoop):
                 opt.state.pop(p, None)
 
     def configure_optimizers(self):
-        groups = param_groups(self.method, self.weight_decay)
+        extra_params = [p for part in self.extra for p in part["params"]]
+        groups = param_groups(self.method, self.weight_decay, exclude=extra_params)
         lr = self.lr * self.batch_size * self.trainer.world_size / 256
         if self.optimizer_name == "lars":
             from replearn.train.optim import LARS
@@ -281,4 +307,8 @@ class PretrainModule(TimedLoop):
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         warmup = max(1, int(self.warmup_epochs * steps_per_epoch))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
+        if self.extra:  # their own Adam each, at a constant learning rate (stepped in _manual_step)
+            extras = [torch.optim.Adam(part["params"], lr=part["lr"], betas=part.get("betas", (0.9, 0.999)))
+                      for part in self.extra]
+            return [opt, *extras], [{"scheduler": sched, "interval": "step"}]
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -190,14 +190,15 @@ def pretrain(config: PretrainConfig | None = None, *, resume: bool = False, call
     if cfg.limit:
         data = data.subset(torch.arange(min(cfg.limit, len(data))))
     size = cfg.image_size or data.size
+    backbone_name = cfg.backbone or method_cls.default_backbone
 
     def build():
-        backbone = build_backbone(cfg.backbone, data.channels, size, cfg.width, cfg.small_stem)
+        backbone = build_backbone(backbone_name, data.channels, size, cfg.width, cfg.small_stem)
         opts = MethodOptions(temperature=cfg.temperature, proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim,
-                             args=cfg.method_args)
+                             args=cfg.method_args, channels=data.channels, image_size=size, width=cfg.width)
         return method_cls(backbone, opts)
 
-    spec = {"backbone": cfg.backbone, "width": cfg.width, "small_stem": cfg.small_stem, "method": cfg.method}
+    spec = {"backbone": backbone_name, "width": cfg.width, "small_stem": cfg.small_stem, "method": cfg.method}
     return train_encoder(cfg, data, rec, build, spec, resume=resume, callbacks=callbacks)
 
 
@@ -211,7 +212,8 @@ def train_encoder(cfg, data, rec, build_method, spec: dict, *, resume: bool, cal
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from replearn.train.callbacks import Collapsed, CollapseGuard, EncoderExport, KNNMonitor
+    from replearn.methods.base import Method
+    from replearn.train.callbacks import Collapsed, CollapseGuard, EncoderExport, KNNMonitor, Pictures
     from replearn.train.module import NonFiniteLoss, PretrainModule
 
     out = Path(cfg.out)
@@ -244,7 +246,7 @@ def train_encoder(cfg, data, rec, build_method, spec: dict, *, resume: bool, cal
         cfg.warmup_epochs, cfg.num_workers, sampler=sampler,
     )
     spec = {
-        **spec, "channels": data.channels, "image_size": size, "mean": list(data.mean), "std": list(data.std),
+        **spec, **method.encoder_spec(), "channels": data.channels, "image_size": size, "mean": list(data.mean), "std": list(data.std),
         "data": cfg.data, "out_dim": int(method.backbone.out_dim), "replearn_version": __version__,
     }
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
@@ -253,6 +255,8 @@ def train_encoder(cfg, data, rec, build_method, spec: dict, *, resume: bool, cal
     cbs = [EncoderExport(out, spec), CollapseGuard(cfg.collapse_threshold), TQDMProgressBar(refresh_rate=refresh)]
     if cfg.knn_monitor and data.has_labels:
         cbs.insert(0, KNNMonitor(data, seed=cfg.seed))
+    if type(method).pictures is not Method.pictures:  # the generative methods draw what they learnt
+        cbs.append(Pictures(out, data))
     # one file, overwritten (atomically) at each epoch end
     ckpt = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False)
     trainer, seconds = fit(
