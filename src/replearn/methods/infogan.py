@@ -56,7 +56,7 @@ class InfoGAN(GenerativeMethod):
         d = backbone.out_dim
         self.backbone = LatentEncoder(backbone, {"kind": "mlp", "dims": [d, a.q_hidden, a.categories + a.continuous]})
         self.d_head = nn.Linear(d, 1)
-        self.generator = Decoder(a.noise_dim + a.categories + a.continuous, self.channels, self.image_size, self.width)
+        self.generator = Decoder(a.noise_dim + a.categories + a.continuous, self.channels, self.image_size, self.width, norm=True)
         self._mean_std = None
 
     def extra_optimizers(self) -> list[dict]:

@@ -23,22 +23,30 @@ def decoder_plan(size: int) -> tuple[int, int]:
 class Decoder(nn.Module):
     """z (N, latent) -> per-pixel outputs (N, channels * out_per_pixel, size, size): FC 256 - FC
     (2w x s x s), then 4x4 stride-2 transposed convolutions (2w, w, ... channels), ReLU between;
-    the mirror of the ``flatconv`` encoder (Burgess et al.'s beta-VAE architecture, arXiv:1804.03599)."""
+    the mirror of the ``flatconv`` encoder (Burgess et al.'s beta-VAE architecture, arXiv:1804.03599).
+    ``norm``: BatchNorm after every layer but the last (a GAN generator, as DCGAN and InfoGAN)."""
 
-    def __init__(self, latent: int, channels: int, size: int, width: int = 32, out_per_pixel: int = 1):
+    def __init__(self, latent: int, channels: int, size: int, width: int = 32, out_per_pixel: int = 1,
+                 norm: bool = False):
         super().__init__()
         self.size, self.channels = size, channels
         stages, self.side = decoder_plan(size)
         chans = [2 * width] * max(1, stages - 1) + [width]  # (stages) input widths of the deconvolutions
+        first = chans[0] * self.side**2
+
+        def act(n: int, d1: bool = True) -> list[nn.Module]:
+            return [*([(nn.BatchNorm1d if d1 else nn.BatchNorm2d)(n)] if norm else []), nn.ReLU(inplace=True)]
+
         self.fc = nn.Sequential(
-            nn.Linear(latent, 256), nn.ReLU(inplace=True), nn.Linear(256, chans[0] * self.side**2), nn.ReLU(inplace=True)
+            nn.Linear(latent, 256, bias=not norm), *act(256), nn.Linear(256, first, bias=not norm), *act(first)
         )
         layers: list[nn.Module] = []
         for i in range(stages):
-            cout = chans[i + 1] if i + 1 < stages else channels * out_per_pixel
-            layers.append(nn.ConvTranspose2d(chans[i], cout, 4, 2, 1))
-            if i + 1 < stages:
-                layers.append(nn.ReLU(inplace=True))
+            last = i + 1 == stages
+            cout = channels * out_per_pixel if last else chans[i + 1]
+            layers.append(nn.ConvTranspose2d(chans[i], cout, 4, 2, 1, bias=last or not norm))
+            if not last:
+                layers += act(cout, d1=False)
         self.deconv = nn.Sequential(*layers)
         self.first = chans[0]
 
