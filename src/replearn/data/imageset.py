@@ -19,7 +19,10 @@ class ImageSet:
     (N,): images with the same id >= 0 show one object or clip (the ``group`` method's positives),
     -1 where unknown. ``captions`` is None or one text per image (the ``clip`` method's pairs).
     ``partners`` is None or uint8 (N, C, H, W), a second image per item with the channels and size
-    of ``images`` (the ``clip`` method's image-image pairs); always in memory.
+    of ``images`` (the ``clip`` method's image-image pairs); always in memory. ``factors`` is None or
+    int64 (N, K): the index of each image's value of each of K known generating factors (the
+    ``shapes`` data), named by ``factor_names`` and with ``factor_sizes`` values each; what
+    disentanglement is measured against.
     """
 
     ids: list[str]
@@ -36,6 +39,9 @@ class ImageSet:
     groups: torch.Tensor | None = None
     captions: list[str] | None = None
     partners: torch.Tensor | None = None
+    factors: torch.Tensor | None = None
+    factor_names: list[str] | None = None
+    factor_sizes: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.images is None and self.decode is None:
@@ -51,6 +57,10 @@ class ImageSet:
                 f"partners of shape {tuple(self.partners.shape)} are not {len(self.ids)} "
                 f"{self.channels}-channel {self.size}-px images"
             )
+        if self.factors is not None and (self.factors.ndim != 2 or len(self.factors) != len(self.ids)):
+            raise ValueError(f"factors of shape {tuple(self.factors.shape)} do not give one row per image")
+        if self.factors is not None and self.factor_names is not None and len(self.factor_names) != self.factors.shape[1]:
+            raise ValueError("factor_names do not name every factor column")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -95,6 +105,9 @@ class ImageSet:
             groups=None if self.groups is None else self.groups[idx],
             captions=None if self.captions is None else [self.captions[i] for i in idx.tolist()],
             partners=None if self.partners is None else self.partners[idx],
+            factors=None if self.factors is None else self.factors[idx],
+            factor_names=self.factor_names,
+            factor_sizes=self.factor_sizes,
         )
 
 
@@ -111,7 +124,8 @@ class _SubsetDecode:
 def concat(first: ImageSet, second: ImageSet, name: str | None = None) -> ImageSet:
     """The images of ``first`` then ``second`` (same channels and size); labels keep their indices
     (the caller aligns the class lists), ids are kept as they are; in memory when both are. Sets of
-    image pairs (``partners``) are not joined: there is no partner to give the other set's images."""
+    image pairs (``partners``) are not joined: there is no partner to give the other set's images.
+    Factors are kept only when both sets have the same ones."""
     if first.partners is not None or second.partners is not None:
         raise ValueError("cannot join a set of image pairs (partners) with another set")
     if first.channels != second.channels or first.size != second.size:
@@ -143,7 +157,17 @@ def concat(first: ImageSet, second: ImageSet, name: str | None = None) -> ImageS
         skipped=[*first.skipped, *second.skipped],
         groups=groups,
         captions=captions,
+        **_joined_factors(first, second),
     )
+
+
+def _joined_factors(first: ImageSet, second: ImageSet) -> dict:
+    same = first.factors is not None and second.factors is not None and first.factor_names == second.factor_names \
+        and first.factor_sizes == second.factor_sizes
+    if not same:
+        return {}
+    return {"factors": torch.cat([first.factors, second.factors]), "factor_names": first.factor_names,
+            "factor_sizes": first.factor_sizes}
 
 
 def _groups_or_none(data: ImageSet) -> torch.Tensor:

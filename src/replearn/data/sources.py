@@ -33,7 +33,7 @@ from replearn.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-BUILTIN = ("fashion-mnist", "digits")
+BUILTIN = ("fashion-mnist", "digits", "shapes")
 SPLITS = ("train", "test", "all")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULT_FOLDER_SIZE = 64
@@ -84,6 +84,8 @@ def load_data(
     a CSV.
     ``cache_dir`` replaces ~/.cache/replearn as the place fashion-mnist is downloaded to.
     A built-in name wins over a folder of the same name (write ./digits for the folder).
+    ``shapes`` is rendered in code (``data/shapes.py``: known factors shape, scale, rotation, x, y in
+    ``ImageSet.factors``), natively at ``image_size`` (default 32).
     Group ids (``ImageSet.groups``): a folder's images are grouped by the sub-folder they sit in
     (images in the folder itself have none), or by ``groups_csv`` (rows path,group) when given; an
     .npz file's by its ``groups`` array; the built-ins have none.
@@ -114,6 +116,10 @@ def load_data(
         data = _fashion_mnist(split, cache_dir)
     elif spec == "digits":
         data = _digits(split)
+    elif spec == "shapes":  # rendered at the size asked for, not resized
+        from replearn.data.shapes import shapes
+
+        return shapes(split, image_size or 32)
     elif path.is_dir():
         if split == "test":
             log.info("%s is a folder and has no test split: using all of it", spec)
