@@ -159,6 +159,13 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
             say("image->image retrieval of each image's partner ...")
             result.update(clip_metrics(folder, test, batch_size=cfg.batch_size))
             say(f"image->image R@1 {result['image_image']['recall@1']:.1f}%")
+    if train.factors is not None:  # data with known generating factors (shapes): how disentangled
+        from replearn.evaluate.disentangle import disentanglement
+
+        say(f"disentanglement (MIG, FactorVAE score) over the {len(train)} training images' factors ...")
+        result["disentanglement"] = disentanglement(f_train, train.factors, train.factor_names, seed=0)
+        say(f"MIG {result['disentanglement']['mig']['mig']:.3f}, "
+            f"FactorVAE score {result['disentanglement']['factorvae']['score']:.3f}")
     result["seconds"] = {"features": round(t_feat - t0, 1), "total": round(time.perf_counter() - t0, 1)}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=2) + "\n", out / "eval.json")
@@ -170,12 +177,14 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
 
 def format_table(results: list[dict]) -> str:
     """A plain-text table: one row per result, kNN, linear and each few-label mean [min, max];
-    retrieval's Recall@1 and MAP@R when any result has them."""
+    retrieval's Recall@1 and MAP@R, and MIG and the FactorVAE score, when any result has them."""
     sizes = sorted({k for r in results for k in r["few_label"]}, key=int)
     clf = any("accuracy" in r for r in results)  # semi-supervised runs: the classifier itself
     ret = any("retrieval" in r for r in results)
     head = ["encoder", *(["classifier"] if clf else []), "kNN", "linear"] + [f"{s} labels" for s in sizes]
     head += ["R@1", "MAP@R"] if ret else []
+    dis = any("disentanglement" in r for r in results)
+    head += ["MIG", "FactorVAE"] if dis else []
     rows = []
     for r in results:
         acc = [f"{r['accuracy']:.1f}" if "accuracy" in r else "-"] if clf else []
@@ -186,6 +195,9 @@ def format_table(results: list[dict]) -> str:
         if ret:
             t = r.get("retrieval")
             row += [f"{t['recall@1']:.1f}", f"{t['map@r']:.1f}"] if t else ["-", "-"]
+        if dis:
+            d = r.get("disentanglement")
+            row += [f"{d['mig']['mig']:.3f}", f"{d['factorvae']['score']:.3f}"] if d else ["-", "-"]
         rows.append(row)
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
     line = lambda xs: "  ".join(x.ljust(w) for x, w in zip(xs, widths, strict=True))  # noqa: E731
