@@ -325,3 +325,20 @@ def test_evaluate_on_shapes_measures_disentanglement(tmp_path):
     assert 0 <= d["mig"]["mig"] <= 1 and 0 <= d["factorvae"]["score"] <= 1
     assert len(d["mig"]["mi"]) == 5 and len(d["mig"]["mi"][0]) == 4  # 5 factors x 4 latents
     assert d["factor_names"] == data.factor_names
+
+
+def test_a_nan_in_a_two_optimiser_method_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from replearn.errors import ReplearnError
+    from replearn.methods.vae import FactorVAE
+
+    real_step, calls = FactorVAE.training_step, []
+
+    def step(self, views, index):
+        calls.append(1)
+        loss, logs = real_step(self, views, index)
+        return (loss * float("nan") if len(calls) > 5 else loss), logs
+
+    monkeypatch.setattr(FactorVAE, "training_step", step)
+    with pytest.raises(ReplearnError, match="became nan at step 5.*last good checkpoint"):
+        pretrain(out=str(tmp_path / "run"), method="factorvae", epochs=3, method_args={"critic_hidden": 8}, **TINY)
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)["epoch"] == 0

@@ -22,9 +22,11 @@ CODE_RANGE = torch.linspace(-2.0, 2.0, 9)  # continuous codes are drawn from U(-
 
 @METHODS.register("infogan")
 class InfoGAN(GenerativeMethod):
-    """InfoGAN: G(noise, c) with a categorical code (``categories`` values) and ``continuous`` codes
-    in U(-1, 1); D tells real from generated images; Q, an MLP on D's features (shared layers, as
-    the paper), predicts c from G's images. The embedding is Q's output on a real image: the
+    """InfoGAN: a GAN whose codes c must be recoverable from its images by a head Q on D.
+
+    G(noise, c) with a categorical code (``categories`` values) and ``continuous`` codes in U(-1, 1);
+    D tells real from generated images; Q, an MLP on D's features (shared layers, as the paper),
+    predicts c from G's images. The embedding is Q's output on a real image: the
     categories' logits, then the continuous codes' means.
 
     The losses are the paper's: D and Q minimise the GAN cross-entropy and lambda * -L_I on

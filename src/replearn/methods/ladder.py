@@ -18,7 +18,9 @@ from replearn.nn.generative import Decoder, LatentEncoder
 
 @METHODS.register("ladder")
 class Ladder(GenerativeMethod):
-    """Ladder VAE: L levels of latents, level 1 read from the backbone's features and level l from
+    """Ladder: a hierarchical VAE with latents at several depths, learnt from the deepest (pro-VAE).
+
+    L levels of latents, level 1 read from the backbone's features and level l from
     h_l = MLP(h_{l-1}), each with a N(0, I) prior; the decoder starts from the deepest level and
     adds each shallower level's code on the way down (t_L = MLP(z_L), t_l = MLP([t_{l+1}, z_l]),
     image = deconv(t_1)), so the deepest level holds what is most abstract.

@@ -126,8 +126,10 @@ def traversal_grid(decode, base: torch.Tensor, dims: list[int], values: torch.Te
 
 @METHODS.register("vae")
 class VAE(GenerativeMethod):
-    """VAE: q(z|x) = N(mu(x), diag s^2(x)) from the backbone's features, p(z) = N(0, I), a Bernoulli
-    (or Gaussian) decoder; the loss is -ELBO = reconstruction NLL + beta * KL (beta = 1 for the VAE).
+    """VAE: a Gaussian encoder and a Bernoulli (or Gaussian) decoder trained on the ELBO.
+
+    q(z|x) = N(mu(x), diag s^2(x)) from the backbone's features, p(z) = N(0, I); the loss is
+    -ELBO = reconstruction NLL + beta * KL (beta = 1 for the VAE).
 
     The encoder is any backbone (default ``flatconv``) with linear heads to mu and log s^2; mu is the
     embedding ``encoder.pt`` gives. The decoder mirrors ``flatconv``: FC 256, FC, then 4x4 stride-2
@@ -205,9 +207,10 @@ class VAE(GenerativeMethod):
 
 @METHODS.register("betavae")
 class BetaVAE(VAE):
-    """beta-VAE: the VAE with the KL weighted by beta > 1, trading reconstruction for a factorised,
-    disentangled posterior (Higgins et al., ICLR 2017); ``capacity`` switches on Burgess et al.'s
-    annealed-capacity form beta |KL - C| (arXiv:1804.03599)."""
+    """beta-VAE: the VAE with its KL weighted by beta > 1, for a factorised, disentangled code.
+
+    Higgins et al. (ICLR 2017) trade reconstruction for a posterior closer to the factorised prior;
+    ``capacity`` switches on Burgess et al.'s annealed-capacity form beta |KL - C| (arXiv:1804.03599)."""
 
     paper = (
         "Higgins et al., beta-VAE: Learning Basic Visual Concepts with a Constrained Variational Framework, "
@@ -221,8 +224,10 @@ class BetaVAE(VAE):
 
 @METHODS.register("factorvae")
 class FactorVAE(VAE):
-    """FactorVAE: the VAE plus gamma * TC(z), the total correlation of the aggregate posterior, estimated
-    by a critic told apart samples of q(z) from ones whose dimensions were permuted across the batch.
+    """FactorVAE: the VAE plus gamma times the total correlation of its code, estimated by a critic.
+
+    TC(z) = KL(q(z) || prod_j q(z_j)) is estimated by a critic that tells samples of q(z) from ones
+    whose dimensions were permuted across the batch (the density-ratio trick).
 
     The critic (an MLP, 6 layers of ``critic_hidden`` units with LeakyReLU, as the paper) has its own
     Adam (``critic_lr``, betas (0.5, 0.9)). The VAE's gamma * TC term sees the critic with its
