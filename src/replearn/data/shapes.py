@@ -24,7 +24,7 @@ SHAPES = ["square", "ellipse", "heart"]
 SCALES = np.linspace(0.5, 1.0, 6)
 ROTATIONS = np.arange(10) * 9.0  # degrees
 POSITIONS = 16
-RADIUS = 0.2  # circumradius of a shape at scale 1, as a fraction of the side (40% across)
+RADIUS = 0.25  # circumradius of a shape at scale 1, as a fraction of the side (half of it across)
 TEST_SIZE, TEST_SEED = 5000, 20261128
 SUPERSAMPLE = 4
 

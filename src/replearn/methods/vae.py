@@ -90,7 +90,7 @@ class GenerativeMethod(Method):
     @torch.no_grad()
     def pictures(self, images, mean, std) -> dict[str, Any]:
         """Reconstructions (the images above their decoded posterior means), 64 samples from the
-        prior (a fixed seed, so epochs compare), and traversals of the first image's mean code."""
+        prior (a fixed seed, so epochs compare), and traversals of the middle image's mean code."""
         was = self.training
         self.eval()
         try:
@@ -102,9 +102,10 @@ class GenerativeMethod(Method):
             return {
                 "reconstructions": make_grid(torch.cat([x, recon]).clamp(0, 1), nrow=len(x), padding=1, pad_value=0.5),
                 "samples": make_grid(self.decode_pixels(prior).clamp(0, 1), nrow=8, padding=1, pad_value=0.5),
-                "traversals": traversal_grid(self.decode_pixels, mu[0], [r["latent"] for r in rows]),
+                "traversals": traversal_grid(self.decode_pixels, mu[len(mu) // 2], [r["latent"] for r in rows]),
                 "traversals_legend": {
-                    "base": "the posterior mean of the first image; row i sets one latent to each value in turn",
+                    "base": "the posterior mean of the middle image of reconstructions.png's sample; "
+                            "row i sets one latent to each value in turn",
                     "values": [round(v, 3) for v in TRAVERSAL.tolist()],
                     "rows": [{"row": i, **r} for i, r in enumerate(rows)],
                 },

@@ -86,7 +86,7 @@ class Pictures(pl.Callback):
 
     def __init__(self, out: Path, data: ImageSet, n: int = 10):
         self.out = Path(out)
-        pick = torch.linspace(0, len(data) - 1, min(n, len(data))).round().long()  # spread over the set
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].sort().values  # fixed
         self.images, self.mean, self.std = data.batch(pick), data.mean, data.std
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
