@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import ROOT, _run, machine, train_once, write_section  # noqa: E402
+from zoo import ROOT, _run, machine, train_once, write_marked  # noqa: E402
 
 MARKER = "generative"
 METHODS = ("vae", "betavae", "factorvae", "ladder", "infogan")
@@ -140,9 +140,7 @@ def main() -> int:
     args = p.parse_args()
     out = Path(args.out)
     if args.write:
-        write_section(Path(args.write), table(json.loads((out / "summary.json").read_text())),
-                      f"<!-- {MARKER}:start -->", f"<!-- {MARKER}:end -->")
-        print(f"wrote {args.write}")
+        write_marked(args.write, table(json.loads((out / "summary.json").read_text())), MARKER)
         return 0
     methods = [m for m in METHODS if not args.only or m in args.only.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import ROOT, _run, machine, train_once, write_section  # noqa: E402
+from zoo import ROOT, _run, machine, train_once, write_marked  # noqa: E402
 
 HELD_OUT = "5-9"
 MARKER = "metric"
@@ -164,9 +164,7 @@ def main() -> int:
     out = Path(args.out)
     if args.write:
         others = [json.loads((Path(o) / "summary.json").read_text()) for o in (args.seed_runs or "").split(",") if o]
-        write_section(Path(args.write), table(json.loads((out / "summary.json").read_text()), others),
-                      f"<!-- {MARKER}:start -->", f"<!-- {MARKER}:end -->")
-        print(f"wrote {args.write}")
+        write_marked(args.write, table(json.loads((out / "summary.json").read_text()), others), MARKER)
         return 0
     names = args.only.split(",") if args.only else ["raw", "ssl", *losses()]
     args.jobs_at_once = min(args.parallel, len(names))

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import _run, machine, write_section  # noqa: E402
+from zoo import _run, machine, write_marked  # noqa: E402
 
 CALIBRATION_STEPS = 60
 ROWS = ["supervised", "pseudolabel", "meanteacher", "mixmatch", "fixmatch", "fixmatch-graph", "remixmatch",
@@ -156,9 +156,7 @@ def main() -> int:
     args = p.parse_args()
     out = Path(args.out)
     if args.write:
-        write_section(Path(args.write), table(json.loads((out / "summary.json").read_text())),
-                      f"<!-- {args.marker}:start -->", f"<!-- {args.marker}:end -->")
-        print(f"wrote {args.write}")
+        write_marked(args.write, table(json.loads((out / "summary.json").read_text())), args.marker)
         return 0
     rows = [r for r in ROWS if not args.only or r in args.only.split(",")]
     if any(r.endswith("+init") for r in rows) and not (Path(args.init) / "encoder.pt").exists():

@@ -177,6 +177,12 @@ def write_section(doc: Path, text: str, start: str = MARK_START, end: str = MARK
     doc.write_text(body)
 
 
+def write_marked(doc: str, text: str, marker: str) -> None:
+    """Write ``text`` between ``<!-- MARKER:start -->`` and ``<!-- MARKER:end -->`` of ``doc`` and say so."""
+    write_section(Path(doc), text, f"<!-- {marker}:start -->", f"<!-- {marker}:end -->")
+    print(f"wrote {doc}")
+
+
 def save(out: Path, rows: list[dict], args, t0: float) -> dict:
     order = {n: i for i, n in enumerate(["raw", *all_methods(), *[f"lightly-{m}" for m in LIGHTLY]])}
     rows.sort(key=lambda r: order.get(r["name"], 99))
