@@ -371,7 +371,7 @@ def test_folder_errors_are_one_line_with_a_hint(tmp_path):
 
 
 def test_data_names():
-    assert data_names() == ["fashion-mnist", "digits"]
+    assert data_names() == ["fashion-mnist", "digits", "shapes"]
 
 
 # ---------------------------------------------------------------- numpy arrays

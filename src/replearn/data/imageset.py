@@ -21,8 +21,10 @@ class ImageSet:
     ``partners`` is None or uint8 (N, C, H, W), a second image per item with the channels and size
     of ``images`` (the ``clip`` method's image-image pairs); always in memory. ``factors`` is None or
     int64 (N, K): the index of each image's value of each of K known generating factors (the
-    ``shapes`` data), named by ``factor_names`` and with ``factor_sizes`` values each; what
-    disentanglement is measured against.
+    ``shapes`` data), named by ``factor_names`` and with ``factor_sizes`` values each (both None or
+    K long; indices lie in 0 .. size - 1); what disentanglement is measured against. ``subset``
+    keeps the rows of its items; ``concat`` keeps factors only when both sets name and size them
+    alike.
     """
 
     ids: list[str]
@@ -59,8 +61,15 @@ class ImageSet:
             )
         if self.factors is not None and (self.factors.ndim != 2 or len(self.factors) != len(self.ids)):
             raise ValueError(f"factors of shape {tuple(self.factors.shape)} do not give one row per image")
+        if self.factors is None and (self.factor_names is not None or self.factor_sizes is not None):
+            raise ValueError("factor_names or factor_sizes given without factors")
         if self.factors is not None and self.factor_names is not None and len(self.factor_names) != self.factors.shape[1]:
             raise ValueError("factor_names do not name every factor column")
+        if self.factors is not None and self.factor_sizes is not None:
+            if len(self.factor_sizes) != self.factors.shape[1]:
+                raise ValueError("factor_sizes do not give every factor column a size")
+            if len(self.factors) and ((self.factors < 0).any() or (self.factors >= torch.tensor(self.factor_sizes)).any()):
+                raise ValueError("a factor index lies outside 0 .. factor_sizes - 1")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -125,7 +134,8 @@ def concat(first: ImageSet, second: ImageSet, name: str | None = None) -> ImageS
     """The images of ``first`` then ``second`` (same channels and size); labels keep their indices
     (the caller aligns the class lists), ids are kept as they are; in memory when both are. Sets of
     image pairs (``partners``) are not joined: there is no partner to give the other set's images.
-    Factors are kept only when both sets have the same ones."""
+    Factors are kept only when both sets have them with the same factor_names and factor_sizes;
+    otherwise the joined set has none (factors, factor_names and factor_sizes are None)."""
     if first.partners is not None or second.partners is not None:
         raise ValueError("cannot join a set of image pairs (partners) with another set")
     if first.channels != second.channels or first.size != second.size:

@@ -85,7 +85,9 @@ def load_data(
     ``cache_dir`` replaces ~/.cache/replearn as the place fashion-mnist is downloaded to.
     A built-in name wins over a folder of the same name (write ./digits for the folder).
     ``shapes`` is rendered in code (``data/shapes.py``: known factors shape, scale, rotation, x, y in
-    ``ImageSet.factors``), natively at ``image_size`` (default 32).
+    ``ImageSet.factors``; labels are the shape), natively at ``image_size`` (default 32), once per
+    process and size: "train" is the 46,080-image factorial grid, "test" 5,000 images off the grid,
+    "all" train then test.
     Group ids (``ImageSet.groups``): a folder's images are grouped by the sub-folder they sit in
     (images in the folder itself have none), or by ``groups_csv`` (rows path,group) when given; an
     .npz file's by its ``groups`` array; the built-ins have none.
