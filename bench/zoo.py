@@ -190,7 +190,7 @@ def save(out: Path, rows: list[dict], args, t0: float) -> dict:
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     for r in rows:
-        r.setdefault("commit", commit)  # each row keeps the commit that produced it
+        r.setdefault("commit", (r.get("git_commit") or commit)[:7])  # each row keeps the commit that trained it
     summary = {
         "machine": machine(), "date": datetime.now(UTC).strftime("%Y-%m-%d"), "parallel": args.parallel,
         "wall_seconds": round(time.perf_counter() - t0), "rows": rows,
