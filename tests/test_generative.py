@@ -232,6 +232,9 @@ def test_ladder_switches_levels_on_from_the_deepest_and_fades_them_in():
     assert at[0.5] == pytest.approx([0.0, 1.0, 1.0])
     assert at[0.55] == pytest.approx([0.5, 1.0, 1.0])
     assert at[0.7] == [1.0, 1.0, 1.0]
+    # a new level's KL weight falls from pre_kl * beta to beta as it fades in; off: 0
+    assert m.level_kl_weights(at[0.3]) == pytest.approx([0.0, 2.5, 1.0])
+    assert m.level_kl_weights(at[0.7]) == pytest.approx([1.0, 1.0, 1.0])
 
 
 def test_ladder_level_not_yet_on_gets_no_gradient():
@@ -301,6 +304,10 @@ def test_two_optimiser_runs_resume_exactly(tmp_path, name):
     assert len(a["optimizer_states"]) == 2
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], atol=0, rtol=0, msg=k)
+    for pic in ("samples", "traversals"):  # both draw what they learnt
+        assert (resumed / f"{pic}.png").is_file()
+    rows = json.loads((resumed / "traversals_legend.json").read_text())["rows"]
+    assert len(rows) == (10 if name == "factorvae" else 2 + 1)  # factorvae: one per latent; infogan: 2 codes + categories
     extra = a["optimizer_states"][1]["param_groups"][0]
     assert extra["betas"] == ((0.5, 0.9) if name == "factorvae" else (0.5, 0.999))
     assert extra["lr"] == (1e-4 if name == "factorvae" else 2e-4)  # constant: no schedule

@@ -59,15 +59,10 @@ class InfoGAN(GenerativeMethod):
         self.backbone = LatentEncoder(backbone, {"kind": "mlp", "dims": [d, a.q_hidden, a.categories + a.continuous]})
         self.d_head = nn.Linear(d, 1)
         self.generator = Decoder(a.noise_dim + a.categories + a.continuous, self.channels, self.image_size, self.width, norm=True)
-        self._mean_std = None
 
     def extra_optimizers(self) -> list[dict]:
         params = [*self.backbone.parameters(), *self.d_head.parameters()]
         return [{"params": params, "lr": self.args.disc_lr, "betas": (0.5, 0.999)}]
-
-    def make_views(self, images, recipe, size, mean, std, generator):
-        self._mean_std = (mean, std)
-        return super().make_views(images, recipe, size, mean, std, generator)
 
     def draw_codes(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(G's input (N, noise + K + C), category (N,) or None, continuous codes (N, C))."""

@@ -73,13 +73,16 @@ class Ladder(GenerativeMethod):
         if not a.progressive:
             return [1.0] * n
         out = []
-        for level in range(1, n + 1):
-            start = (n - level) / max(1, n - 1) * a.grow_until if n > 1 else 0.0
-            if level == n:
-                out.append(1.0)
-            else:
-                out.append(min(1.0, max(0.0, (self.progress - start) / a.fade)) if a.fade > 0 else float(self.progress >= start))
-        return out
+        for level in range(1, n):  # the deepest, level n, is always on
+            start = (n - level) / (n - 1) * a.grow_until
+            out.append(min(1.0, max(0.0, (self.progress - start) / a.fade)) if a.fade > 0 else float(self.progress >= start))
+        return [*out, 1.0]
+
+    def level_kl_weights(self, alphas: list[float]) -> list[float]:
+        """Each level's KL weight: 0 before it is on, then from pre_kl * beta down to beta as it fades in
+        (times the KL warm-up)."""
+        a, warm = self.args, self.kl_weight(self.args.beta, self.args.kl_warmup)
+        return [0.0 if al == 0 else warm * (a.pre_kl + (1 - a.pre_kl) * al) for al in alphas]
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar) of every level, concatenated level 1 first: (N, L * k) each."""
@@ -111,8 +114,7 @@ class Ladder(GenerativeMethod):
         alphas = self.alphas()
         nll = bernoulli_nll(self.decode(z, alphas), x)
         kl = gaussian_kl(mu, logvar).view(len(mu), a.levels, a.latent_per_level).sum(2)  # (N, L)
-        warm = self.kl_weight(a.beta, a.kl_warmup)
-        weights = torch.tensor([0.0 if al == 0 else warm * (a.pre_kl + (1 - a.pre_kl) * al) for al in alphas], device=kl.device)
+        weights = torch.tensor(self.level_kl_weights(alphas), device=kl.device)
         loss = nll.mean() + (kl.mean(0) * weights).sum()
         logs: dict[str, Any] = {"features": mu.detach(), "rec_nll": nll.mean().detach(), "kl": kl.sum(1).mean().detach(),
                                 "elbo": -(nll + kl.sum(1)).mean().detach(), "levels_on": float(sum(al > 0 for al in alphas))}

@@ -42,6 +42,7 @@ class GenerativeMethod(Method):
         self.channels, self.image_size, self.width = opts.channels, opts.image_size, opts.width
         self._generator: torch.Generator | None = None
         self._pixels: torch.Tensor | None = None
+        self._mean_std = None  # the data's normalisation, for images a method makes (InfoGAN's G)
 
     def make_views(self, images, recipe, size, mean, std, generator):
         """The images as they are, normalised (the encoder's input); [0, 1] pixels kept as the target."""
@@ -50,7 +51,7 @@ class GenerativeMethod(Method):
                 f"{self.registered_name} was built for {self.channels}-channel {self.image_size}-px images, "
                 f"got {images.shape[1]}-channel {images.shape[-1]}-px", "pretrain without --image-size",
             )
-        self._generator = generator
+        self._generator, self._mean_std = generator, (mean, std)
         self._pixels = images.float() / 255
         return [self.normalize(self._pixels, mean, std)]
 
