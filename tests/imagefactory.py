@@ -128,3 +128,37 @@ def make_class_folder(root: Path, counts: dict[str, int], size: int = 12, seed: 
             Image.fromarray(pixels).save(Path(root) / name / f"{i:03d}.png")
             labels[f"{name}/{i:03d}.png"] = name
     return labels
+
+
+def _distinct_image(rng: np.random.Generator, size: int) -> Image.Image:
+    """A background and four random rectangles or ellipses of random colours."""
+    from PIL import ImageDraw
+
+    im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(im)
+    for _ in range(4):
+        x0, y0 = (int(v) for v in rng.integers(0, size - 8, 2))
+        w, h = (int(v) for v in rng.integers(6, size // 2, 2))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([x0, y0, x0 + w, y0 + h], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return im
+
+
+def make_duplicate_folder(root: Path, distinct: int = 40, size: int = 32, seed: int = 0) -> dict[str, str]:
+    """``distinct`` different images img00.png ... plus planted copies of the first four: two exact
+    copies (new names), one 5% brighter, one re-encoded as JPEG quality 90, one cropped by a pixel
+    and resized back. Returns {copy file: the file it copies}."""
+    from PIL import ImageEnhance
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images = [_distinct_image(rng, size) for _ in range(distinct)]
+    for k, im in enumerate(images):
+        im.save(root / f"img{k:02d}.png")
+    images[0].save(root / "copy_exact_00.png")
+    images[0].save(root / "copy_exact_00b.png")
+    ImageEnhance.Brightness(images[1]).enhance(1.05).save(root / "copy_bright_01.png")
+    images[2].save(root / "copy_jpeg_02.jpg", quality=90)
+    images[3].crop((1, 1, size, size)).resize((size, size)).save(root / "copy_crop_03.png")
+    return {"copy_exact_00.png": "img00.png", "copy_exact_00b.png": "img00.png", "copy_bright_01.png": "img01.png",
+            "copy_jpeg_02.jpg": "img02.png", "copy_crop_03.png": "img03.png"}

@@ -1,5 +1,6 @@
 """LARS against a step worked out by hand in float64."""
 
+import pytest
 import torch
 
 from replearn.train.optim import LARS
@@ -45,3 +46,19 @@ def test_pretrain_with_lars(tmp_path):
                    knn_monitor=False, precision="32", optimizer="lars", lr=0.3, method="byol")
     rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("loss_epoch")]
     assert math.isfinite(float(rows[-1]["loss_epoch"]))
+
+
+def test_metrics_log_the_scheduled_learning_rate(tmp_path):
+    """metrics.csv's ``lr`` column (the report's curve) is the lr the step used: 0.4 at batch 256 is
+    0.1 at batch 64, warmed up over 4 steps then cosine to 0 at step 12 (3 epochs x 4 steps)."""
+    import csv
+
+    from replearn.schedules import warmup_cosine
+    from replearn.train.run import pretrain
+
+    run = pretrain(out=str(tmp_path / "run"), data="digits", width=8, batch_size=64, limit=256, epochs=3,
+                   knn_monitor=False, precision="32", lr=0.4, warmup_epochs=1)
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("lr")]
+    assert [int(r["step"]) for r in rows] == [3, 7, 11]  # every 4th step is logged
+    for r in rows:
+        assert float(r["lr"]) == pytest.approx(0.1 * warmup_cosine(int(r["step"]), 12, 4), rel=1e-6)

@@ -149,6 +149,8 @@ def test_run_folder_holds_the_classifier_and_the_labels_used(runs):
     _, run, _ = runs
     for name in ("classifier.pt", "encoder.pt", "labels.csv", "config.yaml", "meta.json", "last.ckpt", "metrics.csv"):
         assert (run / name).exists(), name
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("lr")]
+    assert lrs and all(0 < a for a in lrs) and lrs == sorted(lrs, reverse=True)  # the cosine decay, logged
     net, spec, classes = load_classifier(run)
     assert classes == [str(i) for i in range(10)] and spec["method"] == "pseudolabel"
     data = load_data("digits", "train").subset(torch.arange(256))

@@ -169,6 +169,54 @@ class EmbedConfig:
     labels_csv: str | None = None
 
 
+@dataclass
+class IndexConfig:
+    """Build a cosine-similarity search index (FAISS) of an embeddings file."""
+
+    out: str = "embeddings.index"
+    kind: Literal["auto", "exact", "hnsw", "ivf"] = "auto"  # auto: exact up to --exact-max vectors, HNSW above
+    exact_max: int = 50000
+
+
+@dataclass
+class SearchConfig:
+    """The nearest neighbours of an image (or of an indexed id) in an index."""
+
+    query: str | None = None  # an image file, embedded with the run's encoder
+    id: str | None = None  # an id of the indexed set
+    k: int = 10
+    out: str | None = None  # also write the neighbours as CSV (rank,id,path,similarity)
+
+
+@dataclass
+class DuplicatesConfig:
+    """Groups of near-duplicate images: embeddings within a cosine similarity threshold."""
+
+    threshold: float = 0.95  # cosine similarity at or above which two images are duplicates
+    out: str = "duplicates.csv"  # rows group,id,path,representative,similarity
+
+
+@dataclass
+class SelectConfig:
+    """Choose which images to label: typical-and-diverse, coverage, or random picks."""
+
+    budget: int = 100
+    strategy: Literal["typiclust", "kcenter", "random"] = "typiclust"
+    exclude: str | None = None  # a CSV of ids already labelled (column id or path)
+    out: str = "to_label.csv"  # rows rank,id,path
+    seed: int = 0
+
+
+@dataclass
+class ReportConfig:
+    """A self-contained HTML report of a run (opens offline)."""
+
+    out: str | None = None  # default: RUN/report.html
+    data: str | None = None  # data for the map and neighbour grids (default: the run's own)
+    map_points: int = 2000  # images on the 2-D map
+    batch_size: int = 512
+
+
 def fields_of(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}

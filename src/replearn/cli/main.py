@@ -7,11 +7,16 @@ import sys
 import typing
 
 from replearn.config import (
+    DuplicatesConfig,
     EmbedConfig,
     EvaluateConfig,
+    IndexConfig,
     MetricConfig,
     PredictConfig,
     PretrainConfig,
+    ReportConfig,
+    SearchConfig,
+    SelectConfig,
     SemiConfig,
     _closest,
     fields_of,
@@ -32,10 +37,31 @@ EXAMPLES = {
     "  replearn evaluate runs/supcon --data fashion-mnist       # retrieval on the held-out classes 5-9\n"
     "  replearn metric --data ./labelled_images --loss arcface --init runs/simclr --out runs/arcface",
     "predict": "example:\n  replearn predict runs/fixmatch --data ./new_images --out predictions.csv",
+    "index": "example:\n  replearn embed runs/simclr --data ./my_images --out emb.npz\n"
+    "  replearn index emb.npz --out emb.index          # exact up to 50,000 images, HNSW above",
+    "search": "example:\n  replearn search emb.index --query photo.jpg -k 10      # embedded with the run's encoder\n"
+    "  replearn search emb.index --id shoes/0042.png --out neighbours.csv",
+    "duplicates": "example:\n  replearn duplicates emb.npz --threshold 0.95 --out dups.csv",
+    "select": "example:\n  replearn select emb.npz --budget 40 --strategy typiclust --out to_label.csv\n"
+    "  replearn select emb.npz --budget 100 --strategy kcenter --exclude labelled.csv --out more.csv",
+    "report": "example:\n  replearn report runs/simclr        # writes runs/simclr/report.html; open it in a browser",
 }
 CONFIGS = {
     "pretrain": PretrainConfig, "evaluate": EvaluateConfig, "embed": EmbedConfig,
     "semisup": SemiConfig, "metric": MetricConfig, "predict": PredictConfig,
+    "index": IndexConfig, "search": SearchConfig, "duplicates": DuplicatesConfig, "select": SelectConfig,
+    "report": ReportConfig,
+}
+# The positional argument of each command that takes one: (name, help, optional)
+POSITIONAL = {
+    "evaluate": ("run", "run folder (or its encoder.pt)", True),
+    "embed": ("run", "run folder (or its encoder.pt)", False),
+    "predict": ("run", "a run folder of 'replearn semisup' (or its classifier.pt)", False),
+    "index": ("embeddings", "an embeddings file of 'replearn embed' (.npz or .parquet)", False),
+    "search": ("index", "an index file of 'replearn index'", False),
+    "duplicates": ("embeddings", "an embeddings file of 'replearn embed' (.npz or .parquet)", False),
+    "select": ("embeddings", "an embeddings file of 'replearn embed' (.npz or .parquet)", False),
+    "report": ("run", "a run folder", False),
 }
 
 
@@ -59,18 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
             cmd, help=(cls.__doc__ or "").strip(), description=(cls.__doc__ or "").strip(), epilog=EXAMPLES[cmd],
             formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         )
-        if cmd in ("evaluate", "embed"):
-            s.add_argument("run", nargs="?" if cmd == "evaluate" else None, help="run folder (or its encoder.pt)")
-        if cmd == "predict":
-            s.add_argument("run", help="a run folder of 'replearn semisup' (or its classifier.pt)")
+        if cmd in POSITIONAL:
+            name, helptext, optional = POSITIONAL[cmd]
+            s.add_argument(name, nargs="?" if optional else None, help=helptext)
         s.add_argument("--config", metavar="FILE", help="YAML file of options; command-line options override it")
         if cmd in ("pretrain", "semisup", "metric"):
             s.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
         s.add_argument("--debug", action="store_true", help="show tracebacks")
         defaults = cls()
         for name, tp in fields_of(cls).items():
+            flags = ["--" + name.replace("_", "-")] + (["-k"] if cmd == "search" and name == "k" else [])
             s.add_argument(
-                "--" + name.replace("_", "-"), dest="opt_" + name, metavar="VALUE", default=argparse.SUPPRESS,
+                *flags, dest="opt_" + name, metavar="VALUE", default=argparse.SUPPRESS,
                 help=_help_for(name, tp, getattr(defaults, name)),
             )
     r = sub.add_parser("results", help="a table of the eval.json of one or more runs",
@@ -169,6 +195,26 @@ def _run(argv: list[str]) -> int:
         from replearn.evaluate.predict import predict
 
         predict(args.run, cfg)
+    elif args.command == "index":
+        from replearn.embed.index import index
+
+        index(args.embeddings, cfg)
+    elif args.command == "search":
+        from replearn.embed.index import search
+
+        search(args.index, cfg)
+    elif args.command == "duplicates":
+        from replearn.embed.duplicates import duplicates
+
+        duplicates(args.embeddings, cfg)
+    elif args.command == "select":
+        from replearn.embed.select import select
+
+        select(args.embeddings, cfg)
+    elif args.command == "report":
+        from replearn.report import report
+
+        report(args.run, cfg)
     return 0
 
 

@@ -116,6 +116,14 @@ def spread(x: torch.Tensor) -> torch.Tensor:
     return z.std(0).mean() * math.sqrt(z.shape[1])
 
 
+def current_lr(module: pl.LightningModule) -> float:
+    """The learning rate of the first optimiser's first parameter group (the scheduled one: every
+    group follows the same schedule), for the metrics.csv column ``lr``."""
+    opts = module.optimizers()
+    opt = opts[0] if isinstance(opts, list) else opts
+    return float(opt.param_groups[0]["lr"])
+
+
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """Augmentation randomness is a function of (seed, step, rank) alone, so resume is exact."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
@@ -231,6 +239,7 @@ class PretrainModule(TimedLoop):
         if not self.automatic_optimization:
             self._manual_step(loss)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(index))
+        self.log("lr", current_lr(self), on_step=True, on_epoch=False, batch_size=len(index))  # the report's curve
         for key, value in logs.items():  # a method's own scalars (loss terms, momentum, temperature)
             if key not in ("features", "embeddings") and (isinstance(value, float | int) or (torch.is_tensor(value) and value.numel() == 1)):
                 self.log(key, value.detach().float() if torch.is_tensor(value) else float(value),

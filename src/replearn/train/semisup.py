@@ -32,6 +32,7 @@ from replearn.train.module import (
     NonFiniteLoss,
     TimedLoop,
     _passthrough,
+    current_lr,
     param_groups,
     step_generator,
 )
@@ -131,6 +132,7 @@ class SemiModule(TimedLoop):
         self.images_seen += len(x_u) + len(li)
         n = len(x_u)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        self.log("lr", current_lr(self), on_step=True, on_epoch=False, batch_size=n)  # the report's curve
         for key, value in logs.items():
             if key != "pseudo" and (isinstance(value, float | int) or (torch.is_tensor(value) and value.numel() == 1)):
                 v = value.detach().float() if torch.is_tensor(value) else float(value)
