@@ -175,7 +175,7 @@ class IndexConfig:
 
     out: str = "embeddings.index"
     kind: Literal["auto", "exact", "hnsw", "ivf"] = "auto"  # auto: exact up to --exact-max vectors, HNSW above
-    exact_max: int = 50000
+    exact_max: int = 1_000_000
 
 
 @dataclass

@@ -38,7 +38,7 @@ EXAMPLES = {
     "  replearn metric --data ./labelled_images --loss arcface --init runs/simclr --out runs/arcface",
     "predict": "example:\n  replearn predict runs/fixmatch --data ./new_images --out predictions.csv",
     "index": "example:\n  replearn embed runs/simclr --data ./my_images --out emb.npz\n"
-    "  replearn index emb.npz --out emb.index          # exact up to 50,000 images, HNSW above",
+    "  replearn index emb.npz --out emb.index          # exact up to a million images, HNSW above",
     "search": "example:\n  replearn search emb.index --query photo.jpg -k 10      # embedded with the run's encoder\n"
     "  replearn search emb.index --id shoes/0042.png --out neighbours.csv",
     "duplicates": "example:\n  replearn duplicates emb.npz --threshold 0.95 --out dups.csv",

@@ -21,17 +21,12 @@ import numpy as np
 
 from replearn.config import DuplicatesConfig, make_config, to_dict
 from replearn.embed.export import load_embeddings
+from replearn.embed.index import normalized
 from replearn.errors import ReplearnError
 
 EXACT_MAX = 200_000  # above: approximate pairs from an HNSW graph
 NEIGHBOURS = 64  # per image on the approximate path (a group larger than this may split)
 CHUNK = 4096  # query rows per range search, for progress
-
-
-def _normalized(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
 
 
 def similar_pairs(vectors: np.ndarray, threshold: float, *, exact_max: int = EXACT_MAX,
@@ -42,7 +37,7 @@ def similar_pairs(vectors: np.ndarray, threshold: float, *, exact_max: int = EXA
     after each chunk of rows."""
     import faiss
 
-    x = _normalized(vectors)  # (N, D)
+    x = normalized(vectors)  # (N, D)
     n, d = x.shape
     rows_i, rows_j, sims = [], [], []
     if n <= exact_max:

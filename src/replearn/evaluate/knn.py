@@ -1,7 +1,9 @@
 """Weighted kNN on frozen features, the InstDisc / DINO monitor (arXiv:1805.01978, 2104.14294).
 
 Cosine similarity of L2-normalised features, the k most similar train items vote for their class
-with weight exp(sim / T); the class with the largest summed weight is the prediction.
+with weight exp(sim / T); the class with the largest summed weight is the prediction. Above
+``INDEX_ABOVE`` train items the top-k come from the HNSW index that ``replearn search`` uses
+(approximate) instead of the exact chunked matrix product.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 ArrayLike = torch.Tensor | np.ndarray
+INDEX_ABOVE = 200_000  # train items above which the top-k come from an HNSW index
 
 
 def _as_tensor(x: ArrayLike, dtype: torch.dtype) -> torch.Tensor:
@@ -31,7 +34,9 @@ def knn_predict(
     """Predicted class (int64, (M,)) of each test item by weighted kNN vote among the train items.
 
     Runs in float32 on the device of ``train_feats``, ``chunk`` test items at a time, so a
-    10k x 60k similarity matrix never exists at once. ``k`` is clipped to the train size.
+    10k x 60k similarity matrix never exists at once. ``k`` is clipped to the train size. Above
+    ``INDEX_ABOVE`` train items the top-k are approximate, from ``replearn.embed.index.neighbours``
+    (HNSW on the CPU), with the same vote.
     """
     device = train_feats.device if isinstance(train_feats, torch.Tensor) else torch.device("cpu")
     train = F.normalize(_as_tensor(train_feats, torch.float32).to(device).flatten(1), dim=1)  # (N, D)
@@ -52,15 +57,25 @@ def knn_predict(
         raise ValueError(f"train label {int(labels.max())} does not fit num_classes={num_classes}")
     k = min(k, len(train))
 
+    approx = None  # (similarities (M, k), rows (M, k)) from the index, above INDEX_ABOVE train items
+    if len(train) > INDEX_ABOVE:
+        from replearn.embed.index import neighbours
+
+        approx = neighbours(train.cpu().numpy(), test.cpu().numpy(), k, exact_max=INDEX_ABOVE)
     preds = torch.empty(len(test), dtype=torch.int64, device=device)
     for start in range(0, len(test), chunk):
-        sim = test[start : start + chunk] @ train.T  # (B, N)
-        top_sim, top_idx = sim.topk(k, dim=1)  # (B, k), sorted descending
+        if approx is None:
+            sim = test[start : start + chunk] @ train.T  # (B, N)
+            top_sim, top_idx = sim.topk(k, dim=1)  # (B, k), sorted descending
+        else:
+            top_sim = torch.from_numpy(approx[0][start : start + chunk]).to(device)  # (B, k), sorted descending
+            top_idx = torch.from_numpy(approx[1][start : start + chunk]).to(device)  # -1: fewer than k found
         # exp((s - s_max) / T): the per-row factor exp(-s_max / T) leaves the argmax unchanged
         # and keeps a small T from overflowing float32.
         weights = ((top_sim - top_sim[:, :1]) / temperature).exp()  # (B, k)
-        votes = torch.zeros(len(sim), num_classes, device=device)  # (B, C)
-        votes.scatter_add_(1, labels[top_idx], weights)
+        weights = weights.masked_fill(top_idx < 0, 0.0)  # no vote from a neighbour the index did not find
+        votes = torch.zeros(len(top_idx), num_classes, device=device)  # (B, C)
+        votes.scatter_add_(1, labels[top_idx.clamp(min=0)], weights)
         preds[start : start + chunk] = votes.argmax(dim=1)
     return preds
 

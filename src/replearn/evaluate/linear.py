@@ -75,12 +75,27 @@ def linear_probe(
 
     ``C=None`` picks C from ``C_GRID`` on a 10% hold-out of the train features, then refits on all.
     """
-    x_train, y_train = as_split(train_feats, train_labels, "train")
     x_test, y_test = as_split(test_feats, test_labels, "test")
+    pred, C = linear_probe_predict(train_feats, train_labels, x_test, C, max_iter)
+    return 100.0 * float(np.mean(pred == y_test)), C
+
+
+def linear_probe_predict(
+    train_feats: ArrayLike,
+    train_labels: ArrayLike,
+    test_feats: ArrayLike,
+    C: float | None = None,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> tuple[np.ndarray, float]:
+    """(predicted test labels int64 (N,), C used) of the probe ``linear_probe`` scores: fit on all
+    train features (``C=None``: chosen on a 10% hold-out of them), applied to ``test_feats``."""
+    x_train, y_train = as_split(train_feats, train_labels, "train")
+    x_test = as_numpy(test_feats, np.float32)
+    x_test = x_test.reshape(len(x_test), -1)
     if C is None:
         C = select_C(x_train, y_train, max_iter=max_iter)
     scaler, clf = fit_linear_probe(x_train, y_train, C, max_iter)
-    return 100.0 * float(np.mean(clf.predict(scaler.transform(x_test)) == y_test)), C
+    return clf.predict(scaler.transform(x_test)).astype(np.int64), C
 
 
 def linear_probe_accuracy(

@@ -28,19 +28,25 @@ def class_probabilities(net: torch.nn.Module, data: ImageSet, spec: dict, batch_
     return torch.softmax(extract_features(net, data, batch_size).float(), dim=1)
 
 
-def classifier_accuracy(run: str, test: ImageSet, batch_size: int = 512) -> float:
-    """Test top-1 (percent) of the run's classifier, its class names matched to the data's."""
+def classifier_predictions(run: str, test: ImageSet, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted class int64 (N,) as an index of the data's classes, confidence float (N,): the top
+    softmax probability) of the run's classifier on ``test``, its class names matched to the data's."""
     from replearn.semisup.base import load_classifier
 
     net, spec, classes = load_classifier(run)
     net = net.to("cuda" if torch.cuda.is_available() else "cpu")
-    pred = class_probabilities(net, test, spec, batch_size).argmax(1)
+    conf, pred = class_probabilities(net, test, spec, batch_size).max(1)
     names = test.classes or [str(i) for i in range(int(test.labels.max()) + 1)]
     index = {c: i for i, c in enumerate(names)}
     missing = [c for c in classes if c not in index]
     if missing:
         raise ReplearnError(f"the classifier's class {missing[0]!r} is not a class of {test.name}")
-    as_data = torch.tensor([index[c] for c in classes])[pred]  # classifier class -> data class index
+    return torch.tensor([index[c] for c in classes])[pred], conf  # classifier class -> data class index
+
+
+def classifier_accuracy(run: str, test: ImageSet, batch_size: int = 512) -> float:
+    """Test top-1 (percent) of the run's classifier, its class names matched to the data's."""
+    as_data, _ = classifier_predictions(run, test, batch_size)
     known = test.labels >= 0
     return 100.0 * float((as_data[known] == test.labels[known]).float().mean())
 

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from replearn.config import EvaluateConfig, make_config, to_dict
@@ -14,7 +15,7 @@ from replearn.errors import ReplearnError
 from replearn.evaluate.features import extract_features, raw_pixels
 from replearn.evaluate.fewlabel import few_label_accuracy
 from replearn.evaluate.knn import knn_accuracy
-from replearn.evaluate.linear import linear_probe
+from replearn.evaluate.linear import linear_probe_predict
 from replearn.evaluate.retrieval import parse_classes, retrieval_metrics
 from replearn.fileio import atomic_write_text
 
@@ -117,7 +118,8 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     say(f"kNN (k={cfg.knn_k}) ...")
     knn = knn_accuracy(f_train, y_train, f_test, y_test, k=cfg.knn_k, temperature=cfg.knn_temperature)
     say("linear probe (C chosen on a 10% train hold-out) ...")
-    linear, linear_C = linear_probe(f_train, y_train, f_test, y_test)
+    linear_pred, linear_C = linear_probe_predict(f_train, y_train, f_test)
+    linear = 100.0 * float(np.mean(linear_pred == y_test.numpy()))
     say(f"few-label probes ({', '.join(str(n) for n in cfg.few_label)} per class, seeds {cfg.seeds}) ...")
     result = {
         "knn": round(knn, 2),
@@ -126,6 +128,7 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
         "data": cfg.data,
         "encoder": name,
         "linear_C": linear_C,
+        "classes": class_summary(torch.from_numpy(linear_pred), y_test, test.classes, "linear probe"),
     }
     n_classes = int(y_train.max()) + 1
     for per_class in cfg.few_label:
@@ -138,10 +141,16 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
         r = retrieval_metrics(f_test[keep], y_test[keep])
         result["retrieval"] = {"classes": classes, "class_names": names, "split": "test", **r}
     if run and cfg.baseline is None and (Path(run) / "classifier.pt").exists():  # a semi-supervised run
-        from replearn.evaluate.predict import classifier_accuracy
+        from replearn.evaluate.predict import classifier_predictions
 
         say("the run's classifier on the test images ...")
-        result["accuracy"] = round(classifier_accuracy(run, test, cfg.batch_size), 2)
+        pred, conf = classifier_predictions(run, test, cfg.batch_size)
+        known = y_test >= 0
+        result["accuracy"] = round(100.0 * float((pred[known] == y_test[known]).float().mean()), 2)
+        result["classifier"] = {
+            **class_summary(pred, y_test, test.classes, "classifier"),
+            "confidence": confidence_histogram(conf[known], pred[known] == y_test[known]),
+        }
     folder = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent  # or its encoder.pt
     if folder is not None and cfg.baseline is None and (folder / "text_encoder.pt").exists():  # a clip run
         from replearn.evaluate.zeroshot import clip_metrics
@@ -175,9 +184,45 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     return result
 
 
-def format_table(results: list[dict]) -> str:
-    """A plain-text table: one row per result, kNN, linear and each few-label mean [min, max];
-    retrieval's Recall@1 and MAP@R, and MIG and the FactorVAE score, when any result has them."""
+def class_names(classes: list[str] | None, *at_least: int) -> list[str]:
+    """The data's class names, padded with "3", "4", ... to at least each of ``at_least`` names."""
+    n = max(len(classes or []), *at_least, 0)
+    return [classes[i] if classes and i < len(classes) else str(i) for i in range(n)]
+
+
+def class_summary(pred: torch.Tensor, truth: torch.Tensor, classes: list[str] | None, source: str) -> dict:
+    """eval.json's per-class view of predictions on the labelled test images (truth >= 0):
+    ``names``, ``source`` (what predicted), ``per_class`` test top-1 in percent (None for a class
+    without test images), ``support`` (test images per class) and ``confusion`` (counts; row: true
+    class, column: predicted class; a prediction of "unlabelled" (-1) counts as wrong, in no column)."""
+    known = truth >= 0
+    pred, truth = pred[known].long(), truth[known].long()
+    names = class_names(classes, int(pred.max()) + 1 if len(pred) else 0, int(truth.max()) + 1 if len(truth) else 0)
+    n = len(names)
+    support = torch.bincount(truth, minlength=n)
+    hit = torch.bincount(truth[pred == truth], minlength=n)
+    per_class = [round(100.0 * int(hit[i]) / int(support[i]), 2) if support[i] else None for i in range(n)]
+    some = pred >= 0
+    confusion = torch.bincount(truth[some] * n + pred[some], minlength=n * n).reshape(n, n)
+    return {"names": names, "source": source, "per_class": per_class, "support": support.tolist(),
+            "confusion": confusion.tolist()}
+
+
+def confidence_histogram(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 20) -> dict:
+    """Counts of the top-class probability in ``bins`` equal bins of [0, 1] (``edges``, bins + 1 of
+    them), for the correct and the wrong predictions apart."""
+    b = (confidence.float() * bins).long().clamp(0, bins - 1)  # a probability of exactly 1 joins the top bin
+    return {
+        "edges": [round(i / bins, 4) for i in range(bins + 1)],
+        "correct": torch.bincount(b[correct], minlength=bins).tolist(),
+        "wrong": torch.bincount(b[~correct], minlength=bins).tolist(),
+    }
+
+
+def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """(column heads, one row of cells per result) of ``format_table``: kNN, linear and each
+    few-label mean [min, max]; the classifier's accuracy, retrieval's Recall@1 and MAP@R, and MIG
+    and the FactorVAE score, when any result has them."""
     sizes = sorted({k for r in results for k in r["few_label"]}, key=int)
     clf = any("accuracy" in r for r in results)  # semi-supervised runs: the classifier itself
     ret = any("retrieval" in r for r in results)
@@ -199,6 +244,12 @@ def format_table(results: list[dict]) -> str:
             d = r.get("disentanglement")
             row += [f"{d['mig']['mig']:.3f}", f"{d['factorvae']['score']:.3f}"] if d else ["-", "-"]
         rows.append(row)
+    return head, rows
+
+
+def format_table(results: list[dict]) -> str:
+    """A plain-text table of ``table_rows``: one row per result."""
+    head, rows = table_rows(results)
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
     line = lambda xs: "  ".join(x.ljust(w) for x, w in zip(xs, widths, strict=True))  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
