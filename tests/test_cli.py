@@ -128,3 +128,23 @@ def test_method_args_from_the_command_line_and_yaml(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "method simclr has no argument 'temprature'" in err
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_every_command_has_its_python_twin_and_stays_a_function():
+    """replearn.NAME is the function of the command NAME, also after the subpackage of the same
+    name (replearn.embed, replearn.evaluate, replearn.report) has been imported; importing replearn
+    loads none of Lightning, torchvision or FAISS."""
+    code = (
+        "import sys, replearn\n"
+        "heavy = [m for m in ('lightning', 'torchvision', 'faiss') if m in sys.modules]\n"
+        "fns = [getattr(replearn, n) for n in replearn.__all__ if n != '__version__']\n"
+        "import replearn.embed.select, replearn.evaluate.knn, replearn.report.page\n"
+        "again = [getattr(replearn, n) for n in replearn.__all__ if n != '__version__']\n"
+        "print(heavy, all(callable(f) and f.__name__ == n for f, n in zip(again, replearn.__all__[1:])), fns == again)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.stdout.split() == ["[]", "True", "True"], p.stderr
+    import replearn
+    from replearn.cli.main import CONFIGS
+
+    assert sorted(CONFIGS) == sorted(n for n in replearn.__all__ if n != "__version__")

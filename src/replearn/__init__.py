@@ -1,41 +1,46 @@
 """replearn: label-efficient image representation learning.
 
 ``replearn.pretrain``, ``replearn.evaluate``, ``replearn.embed``, ``replearn.semisup``,
-``replearn.metric`` and ``replearn.predict`` are the Python twins of the ``replearn
-pretrain|evaluate|embed|semisup|metric|predict`` commands.
+``replearn.metric``, ``replearn.predict``, ``replearn.index``, ``replearn.search``,
+``replearn.duplicates``, ``replearn.select`` and ``replearn.report`` are the Python twins of the
+``replearn`` commands of the same names.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "embed", "evaluate", "metric", "predict", "pretrain", "semisup"]
+# name -> (module, function); imported on first use: importing replearn must not pull in
+# Lightning, torchvision or FAISS.
+_API = {
+    "pretrain": ("replearn.train.run", "pretrain"),
+    "evaluate": ("replearn.evaluate.protocol", "evaluate"),
+    "embed": ("replearn.embed.export", "embed"),
+    "semisup": ("replearn.train.semisup", "semisup"),
+    "metric": ("replearn.train.metric", "metric"),
+    "predict": ("replearn.evaluate.predict", "predict"),
+    "index": ("replearn.embed.index", "index"),
+    "search": ("replearn.embed.index", "search"),
+    "duplicates": ("replearn.embed.duplicates", "duplicates"),
+    "select": ("replearn.embed.select", "select"),
+    "report": ("replearn.report", "report"),
+}
+
+__all__ = ["__version__", *sorted(_API)]
 
 
 def __getattr__(name: str):
-    # Lazy: importing replearn must not pull in Lightning or torchvision.
-    if name == "pretrain":
-        from replearn.train.run import pretrain
+    if name in _API:
+        import importlib
+        import types
 
-        return pretrain
-    if name == "evaluate":
-        from replearn.evaluate.protocol import evaluate
-
-        return evaluate
-    if name == "embed":
-        from replearn.embed.export import embed
-
-        return embed
-    if name == "semisup":
-        from replearn.train.semisup import semisup
-
-        return semisup
-    if name == "metric":
-        from replearn.train.metric import metric
-
-        return metric
-    if name == "predict":
-        from replearn.evaluate.predict import predict
-
-        return predict
+        module, function = _API[name]
+        fn = getattr(importlib.import_module(module), function)
+        # Importing a subpackage (replearn.embed, .evaluate, .report) binds it to its name here,
+        # hiding the function of that name; unbind it, so replearn.embed(...) stays the function.
+        # (After "import replearn.embed.x" in user code the package wins until this runs again.)
+        for other in _API:
+            if isinstance(globals().get(other), types.ModuleType):
+                del globals()[other]
+        return fn
     raise AttributeError(f"module 'replearn' has no attribute {name!r}")
