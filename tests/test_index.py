@@ -237,3 +237,28 @@ def test_knn_above_the_threshold_uses_the_index_and_votes_the_same(monkeypatch):
     approx = knn.knn_predict(torch.from_numpy(x), labels, test, k=20, chunk=50)
     assert calls == [{"exact_max": 100}]  # 480 train items > 100: the HNSW path
     assert torch.equal(approx, exact)
+
+
+@pytest.mark.slow
+def test_bad_input_through_the_command_line_is_one_line_each(tiny_run, tmp_path):
+    """An unknown id, an unreadable query image, a budget larger than the set, a wrong file: each
+    is one line on stderr, exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    folder, path = tiny_run
+    emb = tmp_path / "emb.npz"
+    _emb_file(emb, np.eye(4, dtype=np.float32))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff" + b"not really a jpeg" * 10)
+    cases = [
+        (["search", str(path), "--id", "a/999.png"], "no id 'a/999.png'"),
+        (["search", str(path), "--query", str(bad)], "cannot read the image"),
+        (["search", str(path), "--query", str(folder / "a" / "001.png"), "--id", "a/001.png"], "one of"),
+        (["select", str(emb), "--budget", "5", "--out", str(tmp_path / "s.csv")], "budget"),
+        (["search", str(emb), "--id", "item000"], "index it first"),
+    ]
+    for args, said in cases:
+        p = subprocess.run([sys.executable, "-m", "replearn", *args], capture_output=True, text=True, timeout=120)
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], (args, p.stderr)
