@@ -172,14 +172,6 @@ def _run(argv: list[str]) -> int:
         else:
             out = pretrain(cfg, resume=args.resume)
         print(f"done: {out}  (encoder: {out / 'encoder.pt'}; next: replearn evaluate {out})")
-    elif args.command == "evaluate":
-        from replearn.evaluate.protocol import evaluate
-
-        evaluate(args.run, cfg)
-    elif args.command == "embed":
-        from replearn.embed.export import embed
-
-        embed(args.run, cfg)
     elif args.command == "semisup":
         from replearn.train.semisup import semisup
 
@@ -191,30 +183,13 @@ def _run(argv: list[str]) -> int:
 
         out = metric(resume=True, **overrides) if args.resume and args.config is None else metric(cfg, resume=args.resume)
         print(f"done: {out}  (encoder: {out / 'encoder.pt'}; next: replearn evaluate {out})")
-    elif args.command == "predict":
-        from replearn.evaluate.predict import predict
+    else:  # a command of one positional argument and its options: replearn.<command>(argument, cfg)
+        import importlib
 
-        predict(args.run, cfg)
-    elif args.command == "index":
-        from replearn.embed.index import index
+        from replearn import _API
 
-        index(args.embeddings, cfg)
-    elif args.command == "search":
-        from replearn.embed.index import search
-
-        search(args.index, cfg)
-    elif args.command == "duplicates":
-        from replearn.embed.duplicates import duplicates
-
-        duplicates(args.embeddings, cfg)
-    elif args.command == "select":
-        from replearn.embed.select import select
-
-        select(args.embeddings, cfg)
-    elif args.command == "report":
-        from replearn.report import report
-
-        report(args.run, cfg)
+        module, function = _API[args.command]
+        getattr(importlib.import_module(module), function)(getattr(args, POSITIONAL[args.command][0]), cfg)
     return 0
 
 
