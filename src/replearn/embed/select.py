@@ -27,6 +27,7 @@ import numpy as np
 
 from replearn.config import SelectConfig, make_config, to_dict
 from replearn.embed.export import Embeddings, load_embeddings
+from replearn.embed.index import normalized
 from replearn.errors import ReplearnError
 
 STRATEGIES = ("typiclust", "kcenter", "random")
@@ -37,11 +38,6 @@ FULL_KMEANS_MAX = 20_000_000  # rows x clusters up to which full k-means runs; a
 BLOCK = 16_000_000  # distance-matrix entries per block (64 MB of float32)
 
 Progress = Callable[[int, int], None]
-
-
-def _normalized(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -148,21 +144,26 @@ def select_indices(vectors: np.ndarray, budget: int, strategy: str = "typiclust"
     ``progress(done, budget)`` is called after each pick (typiclust, kcenter)."""
     if strategy not in STRATEGIES:
         raise ReplearnError(f"unknown selection strategy {strategy!r}", f"use one of {', '.join(STRATEGIES)}")
-    x = _normalized(np.asarray(vectors).reshape(len(vectors), -1))  # (N, D)
+    x = normalized(np.asarray(vectors).reshape(len(vectors), -1))  # (N, D)
     excluded = np.zeros(len(x), bool) if exclude is None else np.asarray(exclude, bool).reshape(-1)
     if len(excluded) != len(x):
         raise ValueError(f"exclude has {len(excluded)} entries for {len(x)} vectors")
-    available = int((~excluded).sum())
-    if not 1 <= budget <= available:
-        raise ReplearnError(
-            f"budget {budget} is not possible: {available} image(s) are available "
-            f"({len(x)} embedded, {len(x) - available} excluded as labelled)",
-            f"ask for 1 to {available}" if available else "every image is labelled already",
-        )
+    check_budget(budget, len(x), int(excluded.sum()))
     if strategy == "random":
         return np.random.default_rng(seed).choice(np.flatnonzero(~excluded), budget, replace=False).astype(np.int64)
     pick = typiclust if strategy == "typiclust" else kcenter_greedy
     return pick(x, budget, excluded, seed, progress)
+
+
+def check_budget(budget: int, n: int, n_excluded: int) -> None:
+    """A ReplearnError unless 1 <= ``budget`` <= the ``n`` - ``n_excluded`` rows free to pick."""
+    available = n - n_excluded
+    if not 1 <= budget <= available:
+        raise ReplearnError(
+            f"budget {budget} is not possible: {available} image(s) are available "
+            f"({n} embedded, {n_excluded} excluded as labelled)",
+            f"ask for 1 to {available}" if available else "every image is labelled already",
+        )
 
 
 def read_exclude(path: str | Path, emb: Embeddings) -> np.ndarray:
@@ -212,6 +213,7 @@ def select(embeddings: str | Path, config: SelectConfig | None = None, **overrid
     emb = load_embeddings(embeddings)
     exclude = read_exclude(cfg.exclude, emb) if cfg.exclude else None
     n_ex = 0 if exclude is None else int(exclude.sum())
+    check_budget(cfg.budget, len(emb), n_ex)  # before the start line: a bad budget is the only line
     print(f"choosing {cfg.budget} of {len(emb) - n_ex} images by {cfg.strategy} ...", flush=True)
     t0 = time.perf_counter()
     shown = [t0]
