@@ -155,6 +155,7 @@ class EvaluateConfig:
     labels_csv: str | None = None
     retrieval_classes: str | None = None  # retrieval among the test images of these classes, e.g. 5-9 or sandal,shirt (default: a run's held-out classes)
     prompt: str = "a photo of a {label}"  # a clip run's zero-shot prompt; {label} becomes each class name
+    precision: Literal["auto", "32", "bf16"] = "auto"  # of the encoder pass: auto is bf16 where the device computes it natively
 
 
 @dataclass
@@ -167,6 +168,7 @@ class EmbedConfig:
     batch_size: int = 512
     limit: int | None = None
     labels_csv: str | None = None
+    precision: Literal["auto", "32", "bf16"] = "auto"  # of the encoder pass: auto is bf16 where the device computes it natively
 
 
 @dataclass

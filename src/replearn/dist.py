@@ -1,9 +1,34 @@
-"""Distributed helpers, each with a single-process path (no process group: identity)."""
+"""Distributed helpers, each with a single-process path (no process group: identity); and what
+the device computes natively (bf16)."""
 
 from __future__ import annotations
 
+from functools import cache
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
+
+
+@cache
+def _cpu_flags() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 matrix products natively: a CUDA GPU with bf16, or a CPU
+    with AMX or AVX512-BF16 (where the convnet measured about 2x fp32 in training and 2.6x in
+    inference). Elsewhere bf16 is emulated and slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        flags = _cpu_flags()
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+    return False
 
 
 def is_dist() -> bool:

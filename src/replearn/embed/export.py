@@ -3,9 +3,9 @@
 An embeddings file holds float32 vectors (N, D), one id per vector (unique), an int64 label per
 vector (-1 where unknown) and a JSON ``meta`` dict saying where they came from: ``run`` (the
 encoder's run folder, absolute), ``data`` (the data source as given; absolute for a folder),
-``split``, ``image_size``, ``channels``. ``index``, ``search``, ``duplicates``, ``select`` and the
-report all read files through ``load_embeddings``, so a wrong file is the same one-line error
-everywhere.
+``split``, ``image_size``, ``channels``, ``precision`` (of the encoder pass). ``index``, ``search``,
+``duplicates``, ``select`` and the report all read files through ``load_embeddings``, so a wrong
+file is the same one-line error everywhere.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def embed(run: str, config: EmbedConfig | None = None, **overrides) -> Path:
         if d.channels != spec["channels"]:
             raise ReplearnError(f"the encoder expects {spec['channels']}-channel images, {cfg.data} has {d.channels}")
         d.mean, d.std = tuple(spec["mean"]), tuple(spec["std"])
-        parts.append((extract_features(enc, d, cfg.batch_size).numpy(), d.ids, d.labels.numpy(), split))
+        parts.append((extract_features(enc, d, cfg.batch_size, precision=cfg.precision).numpy(), d.ids, d.labels.numpy(), split))
     if len(parts) > 1:
         parts = [(e, [f"{s}/{i}" for i in ids], y, s) for e, ids, y, s in parts]
     emb = np.concatenate([p[0] for p in parts])
@@ -207,7 +207,7 @@ def embed(run: str, config: EmbedConfig | None = None, **overrides) -> Path:
     data = os.path.abspath(cfg.data) if os.path.exists(cfg.data) else cfg.data
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     meta = {"run": str(run_dir.resolve()), "data": data, "split": cfg.split,
-            "image_size": spec["image_size"], "channels": spec["channels"]}
+            "image_size": spec["image_size"], "channels": spec["channels"], "precision": cfg.precision}
     _write(out, emb, ids, labels, meta)
     print(f"wrote {len(ids)} embeddings of dimension {emb.shape[1]} to {out}")
     return out

@@ -284,7 +284,8 @@ class EmbeddingIndex:
         query = ImageSet(ids=[path.name], labels=torch.tensor([-1]), name="query", channels=channels,
                          size=int(spec["image_size"]), images=image[None].contiguous(),
                          mean=tuple(spec["mean"]), std=tuple(spec["std"]))
-        vector = extract_features(encoder, query, batch_size=1).numpy()  # (1, D)
+        # the precision the indexed embeddings were made with, so an indexed image finds itself at 1
+        vector = extract_features(encoder, query, batch_size=1, precision=self.meta.get("precision", "32")).numpy()  # (1, D)
         sims, rows = self.search_vectors(vector, k)
         keep = rows[0] >= 0
         return sims[0][keep], rows[0][keep]

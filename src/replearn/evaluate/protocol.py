@@ -48,7 +48,8 @@ def _features(run: str | None, encoder, cfg: EvaluateConfig, train, test) -> tup
         train.mean = test.mean = tuple(spec["mean"])
         train.std = test.std = tuple(spec["std"])
         name = f"{spec['method']} {spec['backbone']} ({run})"
-    return extract_features(enc, train, cfg.batch_size), extract_features(enc, test, cfg.batch_size), name
+    feats = [extract_features(enc, d, cfg.batch_size, precision=cfg.precision) for d in (train, test)]
+    return feats[0], feats[1], name
 
 
 def _held_out_classes(run: str) -> list | None:

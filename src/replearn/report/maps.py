@@ -138,7 +138,7 @@ def map_sample(encoder: torch.nn.Module, spec: dict, data: ImageSet, points: int
     sub.mean, sub.std = tuple(spec["mean"]), tuple(spec["std"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     say(f"embedding {len(sub)} of the {len(data)} images of {data.name} ...")
-    feats = extract_features(encoder.to(device), sub, batch_size).numpy()
+    feats = extract_features(encoder.to(device), sub, batch_size, precision="auto").numpy()
     say(f"laying out {len(sub)} points by {_layout(len(sub))} ...")
     xy = tsne_2d(feats)
     png, cols, tile = sprite_sheet(sub.batch(torch.arange(len(sub))))

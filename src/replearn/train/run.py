@@ -59,14 +59,12 @@ def resolve_precision(precision: str, accelerator: str) -> str:
         return "32-true"
     if precision in ("bf16", "16"):
         return f"{precision}-mixed"
+    from replearn.dist import native_bf16
+
     use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
     if use_cuda:
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    return "bf16-mixed" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "32-true"
+        return "bf16-mixed" if native_bf16("cuda") else "16-mixed"
+    return "bf16-mixed" if native_bf16("cpu") else "32-true"
 
 
 def _write_csv(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
