@@ -5,8 +5,6 @@
 ``torch.save`` can write. The tests compare 2 processes x batch B against 1 process x batch 2B.
 """
 
-import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -17,15 +15,10 @@ import torch.multiprocessing as mp
 needs_gloo = __import__("pytest").mark.skipif(not dist.is_gloo_available(), reason="gloo backend missing")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank, world, port, tmp, fn):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _entry(rank, world, tmp, fn):
+    # A file store in the call's own folder: no TCP port to race for with other processes (a free
+    # port picked and released can be taken again before the group binds it).
+    dist.init_process_group("gloo", init_method=f"file://{Path(tmp) / 'store'}", rank=rank, world_size=world)
     try:
         torch.save(fn(rank, world), Path(tmp) / f"{rank}.pt")
         dist.barrier()  # no rank tears gloo down while another still talks to it (it aborts otherwise)
@@ -35,5 +28,5 @@ def _entry(rank, world, port, tmp, fn):
 
 def in_processes(fn, world: int = 2) -> list:
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_entry, args=(world, _free_port(), tmp, fn), nprocs=world, join=True)
+        mp.spawn(_entry, args=(world, tmp, fn), nprocs=world, join=True)
         return [torch.load(Path(tmp) / f"{r}.pt", weights_only=False) for r in range(world)]
