@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search import git_commit
-from zoo import machine, write_marked
+from zoo import git_commit, machine, write_marked
 
 MARKER = "select"
 STRATEGIES = ("typiclust", "kcenter", "random")

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -32,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import ROOT, write_marked  # noqa: E402
+from zoo import cpu_name, git_commit, write_marked  # noqa: E402
 
 MARKER = "search"
 KINDS = ("exact", "hnsw", "ivf")
@@ -109,19 +107,7 @@ def measure(args) -> dict:
 
 
 def machine(threads: int) -> str:
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores; {threads} thread(s) for FAISS, BLAS and OpenMP"
-
-
-def git_commit() -> str:
-    def git(*a: str) -> str:
-        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else ""
-
-    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if git("status", "--porcelain") else "")
+    return f"{cpu_name()}, {os.cpu_count()} cores; {threads} thread(s) for FAISS, BLAS and OpenMP"
 
 
 def _params(p: dict) -> str:

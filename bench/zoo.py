@@ -112,15 +112,28 @@ def job(name: str, args) -> dict:
     return row
 
 
+def cpu_name() -> str:
+    try:
+        return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{gpu}; {os.cpu_count()} CPU cores ({cpu}); torch {torch.__version__}"
+    return f"{gpu}; {os.cpu_count()} CPU cores ({cpu_name()}); torch {torch.__version__}"
+
+
+def git_commit() -> str:
+    """The short commit of the working tree, "+dirty" when it holds uncommitted changes."""
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if git("status", "--porcelain") else "")
 
 
 def _few(r: dict, k: str) -> str:

@@ -291,3 +291,17 @@ def test_chart_axes_are_round_and_ignore_a_first_step_spike():
     lo, hi = shown_range(ys)
     assert lo == min(ys) and 50 <= hi < 60  # the spike is cut, the rest keeps its detail
     assert shown_range([1.0, 2.0, 3.0]) == (1.0, 3.0)
+
+
+def test_neighbour_grids_take_the_most_similar_others_by_a_naive_loop():
+    from replearn.report.maps import nearest
+
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((40, 6)).astype(np.float32)
+    f[7] = f[3] * 2.0  # an exact copy in direction: similarity 1 with row 3
+    queries = [3, 10, 39]
+    got = nearest(f, queries, 5)
+    for q, row in zip(queries, got, strict=True):
+        cos = [(f[q] @ f[j]) / (np.linalg.norm(f[q]) * np.linalg.norm(f[j])) if j != q else -np.inf for j in range(40)]
+        assert row.tolist() == np.argsort(-np.array(cos), kind="stable")[:5].tolist()
+    assert got[0][0] == 7  # the copy first, the query itself never

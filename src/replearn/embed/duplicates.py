@@ -43,14 +43,14 @@ def similar_pairs(vectors: np.ndarray, threshold: float, *, exact_max: int = EXA
     if n <= exact_max:
         index = faiss.IndexFlatIP(d)
         index.add(x)
-        # float32 rounding: an exact copy's self-similarity can land at 0.9999999, so the range
-        # search keeps a margin and the threshold is applied to the returned similarities.
+        # float32 rounding: an exact copy's similarity can land at 0.9999999 for a threshold of 1,
+        # so the search radius keeps a margin of 1e-6 (range_search keeps similarities > radius).
         radius = float(threshold) - 1e-6
         for start in range(0, n, CHUNK):
             lims, dist, found = index.range_search(x[start : start + CHUNK], radius)  # (B+1,), (P,), (P,)
             lims = lims.astype(np.int64)
             query = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims))
-            keep = (found > query) & (dist >= threshold - 1e-6)
+            keep = found > query  # each pair once, never an image with itself
             rows_i.append(query[keep])
             rows_j.append(found[keep])
             sims.append(dist[keep])

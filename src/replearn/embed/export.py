@@ -48,14 +48,8 @@ class Embeddings:
     def file_of(self, i: int) -> str:
         """The image file of row ``i`` when the embeddings come from a folder (its id is the path
         inside the folder), else the id itself."""
-        data = self.meta.get("data")
-        if data and os.path.isdir(data):
-            name = self.ids[i]
-            if self.meta.get("split") == "all" and "/" in name:  # "train/<id>" of a two-split export
-                head, rest = name.split("/", 1)
-                name = rest if head in ("train", "test") and not os.path.exists(os.path.join(data, name)) else name
-            return os.path.join(data, name)
-        return self.ids[i]
+        data = self.meta.get("data")  # a folder has no splits: its ids are never prefixed by one
+        return os.path.join(data, self.ids[i]) if data and os.path.isdir(data) else self.ids[i]
 
 
 def _write(path: Path, emb: np.ndarray, ids: list[str], labels: np.ndarray, meta: dict | None = None) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from replearn.data.imageset import ImageSet
-from replearn.embed.index import normalized
+from replearn.embed.index import neighbours, normalized
 from replearn.errors import ReplearnError
 from replearn.evaluate.features import extract_features
 from replearn.evaluate.protocol import class_names
@@ -106,10 +106,8 @@ def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def nearest(features: np.ndarray, queries: list[int], k: int) -> np.ndarray:
     """(len(queries), k) positions of each query's k most cosine-similar other items, best first."""
-    f = normalized(features)
-    sims = f[queries] @ f.T  # (Q, N)
-    sims[np.arange(len(queries)), queries] = -np.inf  # not itself
-    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    _, rows = neighbours(features, features[queries], k + 1)  # (Q, k + 1): itself among them
+    return np.stack([r[r != q][:k] for r, q in zip(rows, queries, strict=True)])
 
 
 def query_images(labels: np.ndarray, n: int = 6, seed: int = 0) -> list[int]:
