@@ -52,10 +52,10 @@ def features(run: str, out: Path):
 
 def probe_accuracy(train, test, idx: np.ndarray) -> float:
     """Test top-1 (%) of the few-label probe fit on the train rows ``idx`` (K,) with their labels."""
-    from replearn.evaluate.linear import DEFAULT_C, DEFAULT_MAX_ITER, fit_linear_probe
+    from replearn.evaluate.linear import DEFAULT_C, fit_linear_probe
 
-    scaler, clf = fit_linear_probe(train.vectors[idx], train.labels[idx], DEFAULT_C, DEFAULT_MAX_ITER)
-    return 100.0 * float(np.mean(clf.predict(scaler.transform(test.vectors)) == test.labels))
+    probe = fit_linear_probe(train.vectors[idx], train.labels[idx], DEFAULT_C)
+    return 100.0 * float(np.mean(probe.predict(test.vectors) == test.labels))
 
 
 def measure(args) -> list[dict]:

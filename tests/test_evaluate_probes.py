@@ -126,7 +126,8 @@ def test_linear_probe_equals_sklearn_pipeline():
     for C in (0.001, 1.0):
         pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=300))
         ref = 100.0 * np.mean(pipe.fit(x_train, y_train).predict(x_test) == y_test)
-        assert linear_probe_accuracy(x_train, y_train, x_test, y_test, C=C, max_iter=300) == ref
+        assert linear_probe_accuracy(x_train, y_train, x_test, y_test, C=C, max_iter=300, solver="sklearn") == ref
+        assert abs(linear_probe_accuracy(x_train, y_train, x_test, y_test, C=C) - ref) <= 1.0  # 2 of 200
     strong, weak = (linear_probe_accuracy(x_train, y_train, x_test, y_test, C=c) for c in (1e-5, 10.0))
     assert strong != weak  # C is not ignored
 
@@ -135,7 +136,7 @@ def test_linear_probe_silences_only_convergence_warnings(monkeypatch):
     x, y = blobs(300, 50, 4, seed=9, spread=2.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        linear_probe_accuracy(x, y, x, y, C=100.0, max_iter=2)  # stops early: sklearn warns
+        linear_probe_accuracy(x, y, x, y, C=100.0, max_iter=2, solver="sklearn")  # stops early: sklearn warns
     assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
 
     class NoisyLogisticRegression(LogisticRegression):
@@ -146,7 +147,7 @@ def test_linear_probe_silences_only_convergence_warnings(monkeypatch):
     monkeypatch.setattr("replearn.evaluate.linear.LogisticRegression", NoisyLogisticRegression)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        linear_probe_accuracy(x, y, x, y, C=100.0, max_iter=2)
+        linear_probe_accuracy(x, y, x, y, C=100.0, max_iter=2, solver="sklearn")
     assert [str(w.message) for w in caught] == ["unrelated"]
 
 
@@ -181,7 +182,7 @@ def test_few_label_accuracy_per_seed_and_summary():
     x_train[:, 0] *= 1000.0  # the few-item scaler must undo this, fit on the subset only
     x_test[:, 0] *= 1000.0
     seeds = (2, 3, 4)  # the first seed's accuracy is neither the min nor the max
-    r = few_label_accuracy(x_train, y_train, x_test, y_test, per_class=5, seeds=seeds, C=0.1)
+    r = few_label_accuracy(x_train, y_train, x_test, y_test, per_class=5, seeds=seeds, C=0.1, solver="sklearn")
     assert len(r["per_seed"]) == 3
     assert r["min"] == min(r["per_seed"]) and r["max"] == max(r["per_seed"])
     assert r["mean"] == pytest.approx(sum(r["per_seed"]) / 3)
@@ -190,6 +191,8 @@ def test_few_label_accuracy_per_seed_and_summary():
         pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=200))
         assert acc == 100.0 * np.mean(pipe.fit(x_train[idx], y_train[idx]).predict(x_test) == y_test)
     assert r["min"] < r["max"]  # seeds draw different subsets
+    fast = few_label_accuracy(x_train, y_train, x_test, y_test, per_class=5, seeds=seeds, C=0.1)
+    np.testing.assert_allclose(fast["per_seed"], r["per_seed"], atol=100 / 300 + 1e-9)  # at most 1 of 300 apart
     with pytest.raises(ReplearnError, match="fewer than per_class=1000"):
         few_label_accuracy(x_train, y_train, x_test, y_test, per_class=1000)
 
@@ -208,6 +211,7 @@ def test_select_C_picks_the_grid_value_best_on_a_train_holdout():
     for C in grid:
         pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=200)).fit(x[fit], y[fit])
         scores.append(pipe.score(x[val], y[val]))
-    assert select_C(x, y, grid=grid) == grid[int(np.argmax(scores))]
+    assert select_C(x, y, grid=grid, solver="sklearn") == grid[int(np.argmax(scores))]
+    assert select_C(x, y, grid=grid) == grid[int(np.argmax(scores))]  # the torch solver picks the same
     acc, C = linear_probe(x, y, x[:100], y[:100])
     assert C in (0.01, 0.1, 1.0) and 0 <= acc <= 100

@@ -380,14 +380,12 @@ def test_probe_head_predicts_what_the_probe_predicts(n_classes):
     probe_head(net, data, split)
     others = data.subset(torch.arange(200))  # images the probe did not see
     feats = extract_features(net.backbone, others).double().numpy()
-    scaler, clf = fit_linear_probe(extract_features(net.backbone, data.subset(split.index)).double().numpy(),
-                                   split.labels.numpy(), 0.01, 200)
-    expected = torch.from_numpy(clf.decision_function(scaler.transform(feats)))
+    probe = fit_linear_probe(extract_features(net.backbone, data.subset(split.index)).double().numpy(),
+                             split.labels.numpy(), 0.01)
+    expected = torch.from_numpy(probe.decision_function(feats))  # (200, n_classes)
+    assert expected.shape == (200, n_classes)
     logits = extract_features(net, others).double()
-    if n_classes == 2:  # sklearn's one decision value is the logit difference
-        torch.testing.assert_close(logits[:, 1] - logits[:, 0], expected, atol=1e-4, rtol=1e-4)
-    else:
-        torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_probe_head_with_propagated_labels_beats_the_labels_alone():

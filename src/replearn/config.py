@@ -156,6 +156,7 @@ class EvaluateConfig:
     retrieval_classes: str | None = None  # retrieval among the test images of these classes, e.g. 5-9 or sandal,shirt (default: a run's held-out classes)
     prompt: str = "a photo of a {label}"  # a clip run's zero-shot prompt; {label} becomes each class name
     precision: Literal["auto", "32", "bf16"] = "auto"  # of the encoder pass: auto is bf16 where the device computes it natively
+    probe: Literal["torch", "sklearn"] = "torch"  # the linear probes' solver: torch's preconditioned L-BFGS on the device, or scikit-learn's
 
 
 @dataclass

@@ -7,7 +7,6 @@ import numpy as np
 from replearn.errors import ReplearnError
 from replearn.evaluate.linear import (
     DEFAULT_C,
-    DEFAULT_MAX_ITER,
     ArrayLike,
     as_numpy,
     as_split,
@@ -48,7 +47,8 @@ def few_label_accuracy(
     per_class: int,
     seeds: tuple[int, ...] = (0, 1, 2),
     C: float = DEFAULT_C,
-    max_iter: int = DEFAULT_MAX_ITER,
+    max_iter: int | None = None,
+    solver: str = "torch",
 ) -> dict:
     """Test top-1 in percent of the linear probe on ``label_subset(.., per_class, seed)``, per seed.
 
@@ -62,8 +62,8 @@ def few_label_accuracy(
     per_seed = []
     for seed in seeds:
         idx = label_subset(y_train, per_class, seed)
-        scaler, clf = fit_linear_probe(x_train[idx], y_train[idx], C, max_iter)
-        per_seed.append(100.0 * float(np.mean(clf.predict(scaler.transform(x_test)) == y_test)))
+        probe = fit_linear_probe(x_train[idx], y_train[idx], C, max_iter, solver)
+        per_seed.append(100.0 * float(np.mean(probe.predict(x_test) == y_test)))
     return {
         "mean": float(np.mean(per_seed)),
         "min": min(per_seed),

@@ -1,8 +1,27 @@
-"""Linear probe on frozen features: multinomial logistic regression on standardised features."""
+"""Linear probe on frozen features: multinomial logistic regression on standardised features.
+
+Two solvers of the same objective, scikit-learn's (``LogisticRegression(C)``: the mean
+cross-entropy + ||W||^2 / (2 C n) on standardised features, the bias free):
+
+- ``"torch"`` (the default): full-batch L-BFGS (``torch.optim.LBFGS``, strong-Wolfe line search)
+  on the device, in float32 (the loss summed in float64), preconditioned. An item's loss has
+  the curvature (diag(p) - p p^T) (x) x x^T; taken as c I (x) x x^T with c = (1 - sum p^2) / K,
+  the Hessian is about I (x) Cov_c + I / (C n), so the problem is solved in the coordinates
+  ``W = V M`` with ``M = (Cov_c + 1 / (C n))^(-1/2)``, which are about as well conditioned in
+  every direction. On the demo encoder's 60k Fashion-MNIST features (256-d, C = 1) test top-1
+  is 88.26 after 40 iterations, 88.34 after 60 and 88.46 at convergence (1341), where
+  unpreconditioned L-BFGS has 87.85 after 50; ``TORCH_MAX_ITER`` is 50. The classes are the
+  rows of the products (``V @ Z^T``, items as columns) padded to 16, the layout oneDNN runs
+  fastest on a CPU, and the gradient is written by hand. Two classes are solved as K = 2 with
+  twice the penalty, which is exactly scikit-learn's binary problem (its one weight vector is
+  the difference of the two rows).
+- ``"sklearn"``: scikit-learn's L-BFGS-B on the CPU, kept as the reference.
+"""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,7 +37,10 @@ ArrayLike = torch.Tensor | np.ndarray
 # converged (485 iterations) 84.7 in 42 s. 1024-d random ReLU features: C = 0.01 best (86.5);
 # 64-d PCA: 82.5 (C = 1 gives 83.4). Few-label (4 and 25 per class): C = 0.01 best on all three.
 DEFAULT_C = 0.01
-DEFAULT_MAX_ITER = 200
+DEFAULT_MAX_ITER = 200  # scikit-learn's iterations
+TORCH_MAX_ITER = 50  # the preconditioned solver's (see the module docstring)
+SOLVERS = ("torch", "sklearn")
+_PAD = 16  # classes padded to this many columns in the matrix products
 
 
 def as_numpy(x: ArrayLike, dtype: type) -> np.ndarray:
@@ -28,39 +50,179 @@ def as_numpy(x: ArrayLike, dtype: type) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
-def fit_linear_probe(feats: np.ndarray, labels: np.ndarray, C: float, max_iter: int):
-    """Standardise with train statistics, then fit lbfgs multinomial logistic regression.
+@dataclass
+class LinearProbe:
+    """A fitted probe: ``logits = ((x - mean) / scale) @ coef.T + intercept``, one column per
+    entry of ``classes`` (the train labels, sorted). float64 numpy arrays."""
 
-    Returns ``(scaler, classifier)``. Running out of ``max_iter`` is the protocol's choice, not a
-    fault, so only sklearn's ConvergenceWarning is silenced.
-    """
-    scaler = StandardScaler().fit(feats)
+    classes: np.ndarray  # (K,)
+    mean: np.ndarray  # (D,)
+    scale: np.ndarray  # (D,)
+    coef: np.ndarray  # (K, D), on standardised features
+    intercept: np.ndarray  # (K,)
+    iterations: int = 0  # solver iterations of the fit
+
+    def decision_function(self, x: ArrayLike) -> np.ndarray:
+        """Logits (N, K) float64 of raw features ``x`` (N, D)."""
+        z = (as_numpy(x, np.float64).reshape(len(x), -1) - self.mean) / self.scale
+        return z @ self.coef.T + self.intercept
+
+    def predict(self, x: ArrayLike) -> np.ndarray:
+        """The predicted class label (N,) of each row of ``x``."""
+        return self.classes[self.decision_function(x).argmax(1)]
+
+    def raw_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight (K, D), bias (K,)) acting on the raw features: the standardisation folded in."""
+        w = self.coef / self.scale
+        return w, self.intercept - w @ self.mean
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class _Standardised:
+    """Train features on the device, standardised as StandardScaler does (the population std, 1
+    for a constant feature) once for any number of fits, with their labels as class indices."""
+
+    def __init__(self, x: torch.Tensor, y: np.ndarray):
+        var, mean = torch.var_mean(x, dim=0, correction=0)
+        scale = var.sqrt()
+        scale = torch.where(scale > 1e-6 * mean.abs().clamp(min=1.0), scale, 1.0)
+        self.mean, self.scale, self.Xs = mean, scale, (x - mean) / scale  # Xs: (n, d) float32
+        self.classes, y_idx = np.unique(y, return_inverse=True)
+        self.y = torch.from_numpy(y_idx).to(x.device)
+
+
+def _fit_torch(data: _Standardised, C: float, max_iter: int, tol: float, init: LinearProbe | None) -> LinearProbe:
+    """The preconditioned L-BFGS fit of the module docstring."""
+    Xs, y_t, classes, device = data.Xs, data.y, data.classes, data.Xs.device
+    K, (n, d) = max(len(classes), 2), Xs.shape
+    lam = (2.0 if K == 2 else 1.0) / (C * n)  # two classes: scikit-learn's binary penalty
+    rows = torch.arange(n, device=device)
+    W = torch.zeros(K, d, dtype=torch.float64, device=device)  # on standardised features
+    b = torch.full((_PAD,), -1e4, device=device)  # padded classes: logits of -1e4, probability 0
+    b[:K] = 0.0
+    if init is not None and init.coef.shape == (K, d):  # a warm start, e.g. the fit at a nearby C
+        W = torch.from_numpy(init.coef).to(device)
+        b[:K] = torch.from_numpy(init.intercept).to(device).float()
+    # Each item's loss has the curvature (diag(p) - p p^T) (x) x x^T, taken as c I (x) x x^T with
+    # c = (1 - sum p^2) / K, the same trace; at W = 0 (p uniform) c is one constant for all.
+    with torch.no_grad():
+        p = torch.softmax(torch.addmm(b[:K], Xs, W.float().T), 1)
+        c = (1.0 - (p * p).sum(1)) / K  # (n,)
+    ev, U = torch.linalg.eigh((Xs.T @ (Xs * c[:, None])).double() / n)
+    root = (ev.clamp(min=0) + lam).sqrt()
+    M = ((U / root) @ U.T).float()  # (d, d), symmetric: W = V M
+    Zt = M @ Xs.T  # (d, n): the features in the well-conditioned coordinates, one item per column
+    MM = M @ M  # penalty ||W||^2 = tr(V MM V^T)
+    V = torch.zeros(_PAD, d, device=device)  # rows: classes
+    V[:K] = (W @ ((U * root) @ U.T)).float()
+    V.requires_grad_(True)
+    b.requires_grad_(True)
+    live = torch.zeros(_PAD, device=device)
+    live[:K] = 1.0  # the padded rows of V and b never move: their gradient is zeroed
+    opt = torch.optim.LBFGS([V, b], lr=1, max_iter=max_iter, max_eval=4 * max_iter, history_size=10,
+                            tolerance_grad=tol, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        with torch.no_grad():
+            logits = torch.addmm(b[:, None], V, Zt)  # (PAD, n): classes x items, the fast layout here
+            top = logits.amax(0)
+            e = (logits - top).exp_()
+            total = e.sum(0)
+            MV = V @ MM  # (PAD, d)
+            nll = top + total.log() - logits[y_t, rows]
+            # summed in float64: float32 cannot tell apart the losses of the last iterations
+            loss = nll.double().mean() + 0.5 * lam * (V * MV).double().sum()
+            G = e.div_(total)  # softmax probabilities, in place
+            G[y_t, rows] -= 1.0
+            G.div_(n)  # (PAD, n): d nll / d logits
+            V.grad = (G @ Zt.T).mul_(live[:, None]) + lam * MV  # (PAD, d)
+            b.grad = G.sum(1).mul_(live)
+        return loss
+
+    opt.step(closure)
+    W = V.detach()[:K].double() @ M.double()
+    coef, intercept = W.cpu().numpy(), b.detach()[:K].double().cpu().numpy()
+    if len(classes) == 1:  # one class: predict it (a second, never-seen column never wins)
+        coef, intercept = coef[:1] * 0, np.zeros(1)
+    return LinearProbe(classes, data.mean.double().cpu().numpy(), data.scale.double().cpu().numpy(),
+                       coef[: len(classes)], intercept[: len(classes)], int(opt.state[V]["n_iter"]))
+
+
+def _fit_sklearn(x: np.ndarray, y: np.ndarray, C: float, max_iter: int) -> LinearProbe:
+    scaler = StandardScaler().fit(x)
     clf = LogisticRegression(C=C, max_iter=max_iter, solver="lbfgs")
     # One BLAS thread: scipy's L-BFGS-B makes many small BLAS calls per step, and OpenBLAS's
     # threads on them cost more than they give (60k Fashion-MNIST pixels on 2 shared cores:
     # 19 s with one thread, 245 s with two; a 250-item few-label fit: 0.014 s against 1.3 s).
     with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
-        clf.fit(scaler.transform(feats), labels)
-    return scaler, clf
+        clf.fit(scaler.transform(x), y)
+    coef, bias = clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64)
+    if coef.shape[0] == 1:  # two classes: sklearn keeps one row, the logit of class 1 against class 0
+        coef, bias = np.concatenate([np.zeros_like(coef), coef]), np.concatenate([np.zeros_like(bias), bias])
+    return LinearProbe(clf.classes_, scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64),
+                       coef, bias, int(np.max(clf.n_iter_)))
+
+
+def fit_linear_probe(feats: ArrayLike, labels: ArrayLike, C: float, max_iter: int | None = None,
+                     solver: str = "torch", *, tol: float = 1e-6, init: LinearProbe | None = None,
+                     device: torch.device | str | None = None) -> LinearProbe:
+    """Standardise with train statistics, then fit multinomial logistic regression (see the module
+    docstring for the two solvers). ``max_iter`` None is the solver's default (``TORCH_MAX_ITER``,
+    ``DEFAULT_MAX_ITER``); ``tol`` bounds the torch solver's largest gradient entry; ``init``
+    warm-starts it. Running out of iterations is the protocol's choice, not a fault."""
+    _check_solver(solver)
+    x, y = as_split(feats, labels, "train")
+    if solver == "sklearn":
+        return _fit_sklearn(x, y, C, max_iter or DEFAULT_MAX_ITER)
+    data = _Standardised(torch.from_numpy(x).to(device or _device()), y)
+    return _fit_torch(data, C, max_iter or TORCH_MAX_ITER, tol, init)
+
+
+def _check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
 
 
 C_GRID = (0.01, 0.1, 1.0)
 
 
+def _holdout(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(holdout * n)))
+    return perm[:n_val], perm[n_val:]
+
+
 def select_C(
-    feats: np.ndarray, labels: np.ndarray, grid=C_GRID, holdout: float = 0.1, seed: int = 0, max_iter: int = DEFAULT_MAX_ITER
+    feats: np.ndarray, labels: np.ndarray, grid=C_GRID, holdout: float = 0.1, seed: int = 0,
+    max_iter: int | None = None, solver: str = "torch",
 ) -> float:
     """The regularisation C of ``grid`` with the best accuracy on a seeded hold-out of the train
     features (the smallest C on a tie). Test data never takes part."""
-    perm = np.random.default_rng(seed).permutation(len(labels))
-    n_val = max(1, int(round(holdout * len(labels))))
-    val, fit = perm[:n_val], perm[n_val:]
-    scores = []
-    for C in grid:
-        scaler, clf = fit_linear_probe(feats[fit], labels[fit], C, max_iter)
-        scores.append(float(np.mean(clf.predict(scaler.transform(feats[val])) == labels[val])))
-    return grid[int(np.argmax(scores))]
+    return _select_C(*as_split(feats, labels, "train"), grid, holdout, seed, max_iter, solver)[0]
+
+
+def _select_C(x, y, grid, holdout, seed, max_iter, solver) -> tuple[float, LinearProbe]:
+    """(best C, its probe fit on the hold-out's complement). The torch solver walks the grid from
+    the strongest penalty up, each fit warm-started from the previous one."""
+    _check_solver(solver)
+    val, fit = _holdout(len(y), holdout, seed)
+    if solver == "torch":  # standardised once for the whole grid
+        X = torch.from_numpy(x).to(_device())
+        data = _Standardised(X[torch.from_numpy(fit).to(X.device)], y[fit])
+    scores, probes, prev = [], [], None
+    for C in sorted(grid):
+        if solver == "torch":
+            prev = _fit_torch(data, C, max_iter or TORCH_MAX_ITER, 1e-6, prev)
+        else:
+            prev = fit_linear_probe(x[fit], y[fit], C, max_iter, solver)
+        probes.append(prev)
+        scores.append(float(np.mean(prev.predict(x[val]) == y[val])))
+    best = int(np.argmax(scores))
+    return sorted(grid)[best], probes[best]
 
 
 def linear_probe(
@@ -69,14 +231,15 @@ def linear_probe(
     test_feats: ArrayLike,
     test_labels: ArrayLike,
     C: float | None = None,
-    max_iter: int = DEFAULT_MAX_ITER,
+    max_iter: int | None = None,
+    solver: str = "torch",
 ) -> tuple[float, float]:
     """(test top-1 in percent, C used) of a logistic-regression probe fit on all train features.
 
     ``C=None`` picks C from ``C_GRID`` on a 10% hold-out of the train features, then refits on all.
     """
     x_test, y_test = as_split(test_feats, test_labels, "test")
-    pred, C = linear_probe_predict(train_feats, train_labels, x_test, C, max_iter)
+    pred, C = linear_probe_predict(train_feats, train_labels, x_test, C, max_iter, solver)
     return 100.0 * float(np.mean(pred == y_test)), C
 
 
@@ -85,17 +248,19 @@ def linear_probe_predict(
     train_labels: ArrayLike,
     test_feats: ArrayLike,
     C: float | None = None,
-    max_iter: int = DEFAULT_MAX_ITER,
+    max_iter: int | None = None,
+    solver: str = "torch",
 ) -> tuple[np.ndarray, float]:
     """(predicted test labels int64 (N,), C used) of the probe ``linear_probe`` scores: fit on all
     train features (``C=None``: chosen on a 10% hold-out of them), applied to ``test_feats``."""
     x_train, y_train = as_split(train_feats, train_labels, "train")
     x_test = as_numpy(test_feats, np.float32)
     x_test = x_test.reshape(len(x_test), -1)
+    init = None
     if C is None:
-        C = select_C(x_train, y_train, max_iter=max_iter)
-    scaler, clf = fit_linear_probe(x_train, y_train, C, max_iter)
-    return clf.predict(scaler.transform(x_test)).astype(np.int64), C
+        C, init = _select_C(x_train, y_train, C_GRID, 0.1, 0, max_iter, solver)
+    probe = fit_linear_probe(x_train, y_train, C, max_iter, solver, init=init)  # warm: 90% of the same data
+    return probe.predict(x_test).astype(np.int64), C
 
 
 def linear_probe_accuracy(
@@ -104,10 +269,11 @@ def linear_probe_accuracy(
     test_feats: ArrayLike,
     test_labels: ArrayLike,
     C: float = DEFAULT_C,
-    max_iter: int = DEFAULT_MAX_ITER,
+    max_iter: int | None = None,
+    solver: str = "torch",
 ) -> float:
     """Test top-1 accuracy in percent of a logistic-regression probe with a fixed C."""
-    return linear_probe(train_feats, train_labels, test_feats, test_labels, C, max_iter)[0]
+    return linear_probe(train_feats, train_labels, test_feats, test_labels, C, max_iter, solver)[0]
 
 
 def as_split(feats: ArrayLike, labels: ArrayLike, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -119,7 +119,7 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     say(f"kNN (k={cfg.knn_k}) ...")
     knn = knn_accuracy(f_train, y_train, f_test, y_test, k=cfg.knn_k, temperature=cfg.knn_temperature)
     say("linear probe (C chosen on a 10% train hold-out) ...")
-    linear_pred, linear_C = linear_probe_predict(f_train, y_train, f_test)
+    linear_pred, linear_C = linear_probe_predict(f_train, y_train, f_test, solver=cfg.probe)
     linear = 100.0 * float(np.mean(linear_pred == y_test.numpy()))
     say(f"few-label probes ({', '.join(str(n) for n in cfg.few_label)} per class, seeds {cfg.seeds}) ...")
     result = {
@@ -133,7 +133,8 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     }
     n_classes = int(y_train.max()) + 1
     for per_class in cfg.few_label:
-        r = few_label_accuracy(f_train, y_train, f_test, y_test, per_class=per_class, seeds=tuple(cfg.seeds))
+        r = few_label_accuracy(f_train, y_train, f_test, y_test, per_class=per_class, seeds=tuple(cfg.seeds),
+                               solver=cfg.probe)
         result["few_label"][str(per_class * n_classes)] = {k: round(r[k], 2) for k in ("mean", "min", "max")}
     if retrieval is not None:
         classes, keep = retrieval

@@ -219,7 +219,7 @@ def probe_head(net, data: ImageSet, split: LabelledSplit, propagate: bool = Fals
     backbone's features (``nn.graph.label_spreading``) and the probe is fit on all the images the
     labels reach, each with its propagated label (the labelled ones keep theirs)."""
     from replearn.evaluate.features import extract_features
-    from replearn.evaluate.linear import DEFAULT_C, DEFAULT_MAX_ITER, fit_linear_probe
+    from replearn.evaluate.linear import DEFAULT_C, fit_linear_probe
 
     if propagate:
         feats_t = extract_features(net.backbone, data).float()
@@ -231,14 +231,9 @@ def probe_head(net, data: ImageSet, split: LabelledSplit, propagate: bool = Fals
     else:
         feats = extract_features(net.backbone, data.subset(split.index)).double().numpy()
         labels = split.labels.numpy()
-    scaler, clf = fit_linear_probe(feats, labels, DEFAULT_C, DEFAULT_MAX_ITER)
-    coef, bias = torch.from_numpy(clf.coef_), torch.from_numpy(clf.intercept_)
-    if coef.shape[0] == 1:  # two classes: sklearn keeps one row, the logit of class 1 against class 0
-        coef, bias = torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros_like(bias), bias])
-    mean, scale = torch.from_numpy(scaler.mean_), torch.from_numpy(scaler.scale_)
-    w = coef / scale
-    net.head.weight.copy_(w.float())
-    net.head.bias.copy_((bias - w @ mean).float())
+    w, bias = fit_linear_probe(feats, labels, DEFAULT_C).raw_weights()
+    net.head.weight.copy_(torch.from_numpy(w).float())
+    net.head.bias.copy_(torch.from_numpy(bias).float())
 
 
 def _backbone(cfg: SemiConfig, data: ImageSet, size: int):
