@@ -9,8 +9,10 @@ favours none), and the table gives the median of the repeats.
     .venv/bin/python bench/evaluation.py --write docs/benchmarks.md
 
 Contenders (``--precision`` of the encoder pass, ``--probe`` solver of the linear probes):
-- ``sklearn-path``: ``--precision 32 --probe sklearn``, the encoder as trained and scikit-learn's
-  L-BFGS, which is how evaluation ran before the fast path;
+- ``before``: ``--precision 32 --probe sklearn`` with ``REPLEARN_MALLOC=default``: evaluation as
+  it ran before this work (the encoder as trained, scikit-learn's L-BFGS, glibc's malloc untuned);
+- ``sklearn-path``: the same with replearn's malloc settings (``replearn/allocator.py``), the
+  scikit-learn path as it runs today, against which the speed-up is stated;
 - ``fast-features``: ``--precision auto --probe sklearn``, only the encoder pass changed;
 - ``replearn``: ``--precision auto --probe torch``, the defaults.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -32,6 +35,7 @@ from zoo import git_commit, machine, write_marked  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = {
+    "before": ("32", "sklearn"),  # and REPLEARN_MALLOC=default: glibc's malloc as it comes
     "sklearn-path": ("32", "sklearn"),
     "fast-features": ("auto", "sklearn"),
     "replearn": ("auto", "torch"),
@@ -42,8 +46,9 @@ def run_one(name: str, args, out: Path) -> dict:
     precision, probe = CONTENDERS[name]
     cmd = [sys.executable, "-m", "replearn", "evaluate", args.run, "--data", args.data, "--out", str(out),
            "--precision", precision, "--probe", probe]
+    env = {**os.environ, **({"REPLEARN_MALLOC": "default"} if name == "before" else {})}
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
     r = json.loads((out / "eval.json").read_text())
     return {"name": name, "wall": wall, "total": r["seconds"]["total"], "features": r["seconds"]["features"],

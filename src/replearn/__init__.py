@@ -10,6 +10,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from replearn.allocator import tune as _tune_malloc  # noqa: E402
+
+_tune_malloc()  # big tensors reuse heap memory instead of fresh mappings (replearn/allocator.py)
+
 # name -> (module, function); imported on first use: importing replearn must not pull in
 # Lightning, torchvision or FAISS.
 _API = {

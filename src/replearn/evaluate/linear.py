@@ -39,6 +39,7 @@ ArrayLike = torch.Tensor | np.ndarray
 DEFAULT_C = 0.01
 DEFAULT_MAX_ITER = 200  # scikit-learn's iterations
 TORCH_MAX_ITER = 50  # the preconditioned solver's (see the module docstring)
+SELECT_MAX_ITER = 25  # its iterations for each C of the grid, which only has to rank them
 SOLVERS = ("torch", "sklearn")
 _PAD = 16  # classes padded to this many columns in the matrix products
 
@@ -125,21 +126,24 @@ def _fit_torch(data: _Standardised, C: float, max_iter: int, tol: float, init: L
     opt = torch.optim.LBFGS([V, b], lr=1, max_iter=max_iter, max_eval=4 * max_iter, history_size=10,
                             tolerance_grad=tol, tolerance_change=1e-10, line_search_fn="strong_wolfe")
 
+    Y = torch.zeros(_PAD, n, device=device)
+    Y[y_t, rows] = 1.0  # one-hot targets, classes x items
+    at_target = y_t * n + rows  # flat positions of the targets' logits
+
     def closure() -> torch.Tensor:
         with torch.no_grad():
             logits = torch.addmm(b[:, None], V, Zt)  # (PAD, n): classes x items, the fast layout here
-            top = logits.amax(0)
-            e = (logits - top).exp_()
-            total = e.sum(0)
+            logits.sub_(logits.amax(0))  # each item's logits shifted so that the largest is 0
+            e = logits.exp()
+            total = e.sum(0)  # (n,)
             MV = V @ MM  # (PAD, d)
-            nll = top + total.log() - logits[y_t, rows]
-            # summed in float64: float32 cannot tell apart the losses of the last iterations
-            loss = nll.double().mean() + 0.5 * lam * (V * MV).double().sum()
-            G = e.div_(total)  # softmax probabilities, in place
-            G[y_t, rows] -= 1.0
-            G.div_(n)  # (PAD, n): d nll / d logits
-            V.grad = (G @ Zt.T).mul_(live[:, None]) + lam * MV  # (PAD, d)
-            b.grad = G.sum(1).mul_(live)
+            # mean over items of log(sum exp) - target logit, summed in float64: float32 cannot
+            # tell apart the losses of the last iterations
+            nll = (total.log().sum(dtype=torch.float64) - logits.view(-1).take(at_target).sum(dtype=torch.float64)) / n
+            loss = nll + 0.5 * lam * (V * MV).sum(dtype=torch.float64)
+            G = e.div_(total).sub_(Y)  # (PAD, n): n * d nll / d logits (softmax - one-hot), in place
+            V.grad = (G @ Zt.T).mul_(live[:, None] / n) + lam * MV  # (PAD, d)
+            b.grad = G.sum(1).mul_(live / n)
         return loss
 
     opt.step(closure)
@@ -216,7 +220,7 @@ def _select_C(x, y, grid, holdout, seed, max_iter, solver) -> tuple[float, Linea
     scores, probes, prev = [], [], None
     for C in sorted(grid):
         if solver == "torch":
-            prev = _fit_torch(data, C, max_iter or TORCH_MAX_ITER, 1e-6, prev)
+            prev = _fit_torch(data, C, max_iter or SELECT_MAX_ITER, 1e-6, prev)
         else:
             prev = fit_linear_probe(x[fit], y[fit], C, max_iter, solver)
         probes.append(prev)
