@@ -5,7 +5,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "replearn"
 LAYER = {
-    "config": 0, "registry": 0, "dist": 0, "errors": 0, "fileio": 0, "schedules": 0,
+    "config": 0, "registry": 0, "dist": 0, "errors": 0, "fileio": 0, "schedules": 0, "allocator": 0,
     "data": 1, "views": 1, "nn": 1, "losses": 1,
     "methods": 2, "semisup": 2,
     "train": 3, "evaluate": 3, "embed": 3, "report": 3,

@@ -200,3 +200,59 @@ def test_epoch_sampler_is_a_seeded_split_permutation_or_a_weighted_draw():
     assert counts[0] == counts[9] == 0 and counts.sum() == 4000
     share = counts / counts.sum()
     assert abs(share[4].item() - 9 / 16) < 0.03 and all(abs(share[i].item() - 1 / 16) < 0.02 for i in (1, 2, 3, 5))
+
+
+class _ReadEvery(pl.Callback):
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.read_every = self.every  # what a GPU does: read the verdicts back every few steps
+
+
+@pytest.mark.parametrize("every,message", [(3, "non-finite in 2 step.* up to step 5"), (100, "non-finite in 4 step.* up to step 7")])
+def test_nan_read_back_late_still_stops_before_the_next_checkpoint(tmp_path, monkeypatch, every, message):
+    """The GPU path: the non-finite check is read every few steps and at the epoch's end, yet the
+    checkpoint kept is the last good epoch's (NaN from step 4, the first step of epoch 1)."""
+    monkeypatch.setitem(METHODS._items, "nan-test", _NaNAtStep)
+    with pytest.raises(ReplearnError, match=f"{message}.*last good checkpoint"):
+        pretrain(out=str(tmp_path / "run"), epochs=3, method="nan-test", callbacks=[_ReadEvery(every)], **TINY)
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)["epoch"] == 0
+
+
+def test_resident_images_train_exactly_as_loaded_batches(tmp_path, monkeypatch):
+    """The images kept on the device and sliced by the step (the GPU path; on a CPU a view of the
+    set) give the same weights as batches the DataLoader brings."""
+    from replearn.train import module
+
+    resident = pretrain(out=str(tmp_path / "resident"), epochs=1, method="simclr", **TINY)
+    monkeypatch.setattr(module, "resident_images", lambda data, device, free_bytes=None: None)
+    loaded = pretrain(out=str(tmp_path / "loaded"), epochs=1, method="simclr", **TINY)
+    a = torch.load(resident / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(loaded / "last.ckpt", weights_only=False)["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+
+
+def test_resident_images_only_when_they_fit():
+    from replearn.data.imageset import ImageSet
+    from replearn.train.module import RESIDENT_SHARE, resident_images
+
+    data = load_data("digits", "train")
+    size = data.images.numel()  # uint8: one byte each
+    assert resident_images(data, torch.device("cpu")) is data.images  # a CPU: the set itself, no copy
+    meta = torch.device("meta")  # stands in for a GPU: the same code, no memory
+    assert resident_images(data, meta, free_bytes=int(size / RESIDENT_SHARE) - 1) is None  # just too big
+    moved = resident_images(data, meta, free_bytes=int(size / RESIDENT_SHARE) + 1)
+    assert moved.device.type == "meta" and moved.shape == data.images.shape and moved.dtype == torch.uint8
+    lazy = ImageSet(ids=data.ids, labels=data.labels, name="lazy", channels=1, size=8, decode=lambda i: data.images[i])
+    assert resident_images(lazy, torch.device("cpu")) is None  # decoded lazily: the DataLoader's job
+
+
+def test_compile_without_a_cpp_compiler_trains_eagerly(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    run = pretrain(out=str(tmp_path / "run"), epochs=1, method="simclr", compile=True, **TINY)
+    assert "no C++ compiler found" in capsys.readouterr().out
+    assert (run / "encoder.pt").is_file()

@@ -48,6 +48,7 @@ class PretrainConfig:
     devices: str = "auto"  # number of devices or "auto"
     num_nodes: int = 1
     num_workers: int = 0  # DataLoader workers (only for folders decoded lazily)
+    compile: bool = False  # torch.compile the backbone (falls back to eager where it cannot compile)
     knn_monitor: bool = True  # kNN accuracy on a labelled hold-out each epoch, when labels exist
     collapse_threshold: float = 0.05  # stop when the spread (std of normalised embeddings * sqrt(dim)) falls below
     limit: int | None = None  # use only the first N images (quick trials)

@@ -54,11 +54,12 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # each process needs only the sum over processes of its own slice: a reduce-scatter,
+        # which moves half the bytes of an all-reduce of the whole gathered gradient
         grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        n = grad.shape[0] // dist.get_world_size()
-        r = dist.get_rank()
-        return grad[r * n : (r + 1) * n]
+        out = torch.empty((grad.shape[0] // dist.get_world_size(), *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+        dist.reduce_scatter_tensor(out, grad, op=dist.ReduceOp.SUM)
+        return out
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:

@@ -181,6 +181,23 @@ class TimedLoop(pl.LightningModule):
             self.loop_seconds += max(0.0, self._last_batch_end - self._epoch_t0)
 
 
+def compile_backbone(backbone: torch.nn.Module, device: torch.device) -> bool:
+    """``torch.compile`` the backbone's forward in place (its state_dict keys stay as they are,
+    so checkpoints and encoder.pt do not change); True when it was set up. On a CPU inductor
+    needs a C++ compiler: without one the run stays eager with a one-line note, and any graph
+    dynamo cannot compile falls back to eager (``suppress_errors``) instead of stopping the run."""
+    import shutil
+
+    import torch._dynamo
+
+    if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        print("--compile: no C++ compiler found (inductor needs one on a CPU); training without compile", flush=True)
+        return False
+    torch._dynamo.config.suppress_errors = True
+    backbone.compile(dynamic=False)
+    return True
+
+
 class PretrainModule(TimedLoop):
     def __init__(
         self,
@@ -196,6 +213,7 @@ class PretrainModule(TimedLoop):
         warmup_epochs: float,
         num_workers: int = 0,
         sampler=None,
+        compile: bool = False,
     ):
         super().__init__()
         self.method, self.recipe, self.data = method, recipe, data
@@ -208,11 +226,15 @@ class PretrainModule(TimedLoop):
         # optimisation, one backward of the summed losses, then every optimiser steps its own part
         self.extra = method.extra_optimizers()
         self.automatic_optimization = not self.extra
+        self.compile = compile
         self._images: torch.Tensor | None = None  # the data on the device (resident_images)
         self._nonfinite: torch.Tensor | None = None  # steps with a non-finite loss, not yet read back
+        self.read_every: int | None = None  # steps between those reads (None: chosen by the device)
 
     def on_fit_start(self) -> None:
         self.method.to(memory_format=torch.channels_last)
+        if self.compile:
+            compile_backbone(self.method.backbone, self.device)
 
     def train_dataloader(self) -> DataLoader:
         if self.make_sampler is not None:
@@ -279,21 +301,21 @@ class PretrainModule(TimedLoop):
         return loss
 
     def _check_finite(self, loss: torch.Tensor, step: int) -> None:
-        """Stop on a non-finite loss. Reading the loss back is a host-device sync, so on a GPU
-        the steps' verdicts are summed on the device and read every ``log_every_n_steps`` steps
-        and at each epoch's end, before its checkpoint is written (the checkpoint kept is still
-        the last good one). On a CPU every step is read: it costs nothing there."""
-        if loss.device.type == "cpu":
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}")
-            return
+        """Stop on a non-finite loss. Reading the loss back is a host-device sync, so the steps'
+        verdicts are summed on the device and read every ``read_every`` steps (on a GPU the log
+        interval; on a CPU every step, where it costs nothing) and at each epoch's end, before its
+        checkpoint is written: the checkpoint kept is still the last good one."""
         bad = (~torch.isfinite(loss.detach())).int()
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
-        if (step + 1) % max(1, int(self.trainer.log_every_n_steps)) == 0:
-            self._read_nonfinite(step)
+        if self.read_every is None:
+            self.read_every = 1 if loss.device.type == "cpu" else max(1, int(self.trainer.log_every_n_steps))
+        if (step + 1) % self.read_every == 0:
+            self._read_nonfinite(step, loss)
 
-    def _read_nonfinite(self, step: int) -> None:
+    def _read_nonfinite(self, step: int, loss: torch.Tensor | None = None) -> None:
         n, self._nonfinite = (0 if self._nonfinite is None else int(self._nonfinite)), None
+        if n and self.read_every == 1 and loss is not None:
+            raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}")
         if n:
             raise NonFiniteLoss(f"the loss became non-finite in {n} step(s) up to step {step}")
 

@@ -241,7 +241,7 @@ def train_encoder(cfg, data, rec, build_method, spec: dict, *, resume: bool, cal
     method.bind_data(data)
     module = PretrainModule(
         method, rec, data, size, cfg.batch_size, cfg.seed, cfg.optimizer, cfg.lr, cfg.weight_decay,
-        cfg.warmup_epochs, cfg.num_workers, sampler=sampler,
+        cfg.warmup_epochs, cfg.num_workers, sampler=sampler, compile=getattr(cfg, "compile", False),
     )
     spec = {
         **spec, **method.encoder_spec(), "channels": data.channels, "image_size": size, "mean": list(data.mean), "std": list(data.std),
