@@ -87,12 +87,14 @@ def table(rows: list[dict], args, started: str) -> str:
             f"| {statistics.median(r['features'] for r in mine):.1f} | {last['knn']:.2f} | {last['linear']:.2f} ({last['C']}) | "
             + " | ".join(few) + f" | {base / total:.2f}x |")
         if name != "sklearn-path":
-            summary.append(f"- {name}: **{base / total:.2f}x** faster than the sklearn path (median {total:.1f} s "
+            summary.append(f"- {name}: **{base / total:.2f}x** the sklearn path's speed (median {total:.1f} s "
                            f"against {base:.1f} s)")
     ref = next(r for r in rows if r["name"] == "sklearn-path")
     new = next(r for r in rows if r["name"] == "replearn")
     diffs = [abs(new["knn"] - ref["knn"]), abs(new["linear"] - ref["linear"])]
     diffs += [abs(new["few"][k][s] - ref["few"][k][s]) for k in few_keys for s in ("mean", "min", "max")]
+    before = statistics.median(r["total"] for r in rows if r["name"] == "before")
+    summary.append(f"- replearn against before: **{before / statistics.median(r['total'] for r in rows if r['name'] == 'replearn'):.2f}x**")
     summary.append(f"- largest change of a figure, replearn against the sklearn path: **{max(diffs):.2f} points**")
     steady = all(len({json.dumps([r["knn"], r["linear"], r["few"]]) for r in rows if r["name"] == n}) == 1 for n in CONTENDERS)
     summary.append(f"- figures identical across repeats: {'yes' if steady else 'no'}")

@@ -168,6 +168,8 @@ class TimedLoop(pl.LightningModule):
     def __init__(self):
         super().__init__()
         self.loop_seconds, self._epoch_t0, self._last_batch_end = 0.0, None, None
+        self._nonfinite: torch.Tensor | None = None  # steps with a non-finite loss, not yet read back
+        self.read_every: int | None = None  # steps between those reads (None: chosen by the device)
 
     def on_train_epoch_start(self) -> None:
         self._epoch_t0 = time.perf_counter()
@@ -175,10 +177,37 @@ class TimedLoop(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.method.after_step()
         self._last_batch_end = time.perf_counter()
+        if batch_idx + 1 == self.trainer.num_training_batches:  # before every epoch-end hook exports
+            self._read_nonfinite(self.current_epoch * int(self.trainer.num_training_batches) + batch_idx)
 
     def on_train_epoch_end(self) -> None:
         if self._epoch_t0 is not None and self._last_batch_end is not None:
             self.loop_seconds += max(0.0, self._last_batch_end - self._epoch_t0)
+
+    def _check_finite(self, loss: torch.Tensor, step: int) -> None:
+        """Stop on a non-finite loss. Reading the loss back is a host-device sync, so the steps'
+        verdicts are summed on the device and read every ``read_every`` steps (on a GPU the log
+        interval; on a CPU every step, where it costs nothing) and after an epoch's last step,
+        before any epoch-end hook exports or checkpoints: what is kept is still the last good epoch."""
+        bad = (~torch.isfinite(loss.detach())).int()
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
+        if self.read_every is None:
+            self.read_every = 1 if loss.device.type == "cpu" else max(1, int(self.trainer.log_every_n_steps))
+        if (step + 1) % self.read_every == 0:
+            self._read_nonfinite(step, loss)
+
+    def _read_nonfinite(self, step: int, loss: torch.Tensor | None = None) -> None:
+        n, self._nonfinite = (0 if self._nonfinite is None else int(self._nonfinite)), None
+        if n and self.read_every == 1 and loss is not None:
+            raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}")
+        if n:
+            raise NonFiniteLoss(f"the loss became non-finite in {n} step(s) up to step {step}")
+
+
+def fused_on(device: torch.device) -> dict:
+    """The optimiser's ``fused=True`` on a GPU: one kernel for every parameter's update instead of
+    a few per tensor. On a CPU torch's default (foreach) is kept."""
+    return {"fused": True} if device.type == "cuda" else {}
 
 
 def compile_backbone(backbone: torch.nn.Module, device: torch.device) -> bool:
@@ -228,8 +257,6 @@ class PretrainModule(TimedLoop):
         self.automatic_optimization = not self.extra
         self.compile = compile
         self._images: torch.Tensor | None = None  # the data on the device (resident_images)
-        self._nonfinite: torch.Tensor | None = None  # steps with a non-finite loss, not yet read back
-        self.read_every: int | None = None  # steps between those reads (None: chosen by the device)
 
     def on_fit_start(self) -> None:
         self.method.to(memory_format=torch.channels_last)
@@ -300,25 +327,6 @@ class PretrainModule(TimedLoop):
                 self.log(name, spread(logs[key]), on_step=False, on_epoch=True, batch_size=len(index))
         return loss
 
-    def _check_finite(self, loss: torch.Tensor, step: int) -> None:
-        """Stop on a non-finite loss. Reading the loss back is a host-device sync, so the steps'
-        verdicts are summed on the device and read every ``read_every`` steps (on a GPU the log
-        interval; on a CPU every step, where it costs nothing) and at each epoch's end, before its
-        checkpoint is written: the checkpoint kept is still the last good one."""
-        bad = (~torch.isfinite(loss.detach())).int()
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
-        if self.read_every is None:
-            self.read_every = 1 if loss.device.type == "cpu" else max(1, int(self.trainer.log_every_n_steps))
-        if (step + 1) % self.read_every == 0:
-            self._read_nonfinite(step, loss)
-
-    def _read_nonfinite(self, step: int, loss: torch.Tensor | None = None) -> None:
-        n, self._nonfinite = (0 if self._nonfinite is None else int(self._nonfinite)), None
-        if n and self.read_every == 1 and loss is not None:
-            raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}")
-        if n:
-            raise NonFiniteLoss(f"the loss became non-finite in {n} step(s) up to step {step}")
-
     def _manual_step(self, loss: torch.Tensor) -> None:
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
@@ -331,7 +339,6 @@ class PretrainModule(TimedLoop):
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        self._read_nonfinite(self.global_step - 1)  # steps not read back yet (GPU), before the checkpoint
         # runs before ModelCheckpoint saves, so the checkpoint holds the next epoch's clusters
         if self.method.needs_dataset_features and self.current_epoch + 1 < self.trainer.max_epochs:
             self._refresh_dataset_features(self.current_epoch + 1)
@@ -376,9 +383,9 @@ class PretrainModule(TimedLoop):
             groups[1]["lars_exclude"] = True
             opt = LARS(groups, lr=lr, momentum=0.9)
         elif self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
+            opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, **fused_on(self.device))
         else:
-            opt = torch.optim.AdamW(groups, lr=lr)
+            opt = torch.optim.AdamW(groups, lr=lr, **fused_on(self.device))
         total = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         warmup = max(1, int(self.warmup_epochs * steps_per_epoch))

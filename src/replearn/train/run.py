@@ -250,6 +250,8 @@ def train_encoder(cfg, data, rec, build_method, spec: dict, *, resume: bool, cal
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
     # a terminal gets a live bar; a log file (CI, nohup) gets about ten lines an epoch
     refresh = 1 if sys.stdout.isatty() else max(1, steps_per_epoch // 10)
+    if cfg.accelerator != "cpu" and torch.cuda.is_available():
+        refresh = max(refresh, 25)  # each refresh reads the loss back from the GPU: a sync
     cbs = [EncoderExport(out, spec), CollapseGuard(cfg.collapse_threshold), TQDMProgressBar(refresh_rate=refresh)]
     if cfg.knn_monitor and data.has_labels:
         cbs.insert(0, KNNMonitor(data, seed=cfg.seed))

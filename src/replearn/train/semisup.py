@@ -33,6 +33,7 @@ from replearn.train.module import (
     TimedLoop,
     _passthrough,
     current_lr,
+    fused_on,
     param_groups,
     step_generator,
 )
@@ -127,8 +128,7 @@ class SemiModule(TimedLoop):
                                 self.trainer.world_size).to(self.device)
         b = SemiBatch(self._x_l[li], self._y_l[li], x_u, self.data.mean, self.data.std, g, u_index)
         loss, logs = self.method.training_step(b)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}")
+        self._check_finite(loss, step)
         self.images_seen += len(x_u) + len(li)
         n = len(x_u)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
@@ -152,9 +152,9 @@ class SemiModule(TimedLoop):
     def configure_optimizers(self):
         groups = param_groups(self.method, self.weight_decay)
         if self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(groups, lr=self.lr, momentum=0.9, nesterov=True)
+            opt = torch.optim.SGD(groups, lr=self.lr, momentum=0.9, nesterov=True, **fused_on(self.device))
         else:
-            opt = torch.optim.AdamW(groups, lr=self.lr)
+            opt = torch.optim.AdamW(groups, lr=self.lr, **fused_on(self.device))
         total = self.total_steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: fixmatch_cosine(s, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
