@@ -17,6 +17,7 @@ def test_raw_baseline_equals_probes_on_pixels(tmp_path):
     r = evaluate(baseline="raw", data="digits", out=str(out), few_label=[3], seeds=[0, 1], verbose=False)
     saved = json.loads((out / "eval.json").read_text())
     assert saved["knn"] == r["knn"] and set(saved) >= {"knn", "linear", "few_label", "data", "encoder", "linear_C"}
+    assert saved["probe"] == "torch" and saved["precision"] == "auto"  # what produced the figures
     assert set(saved["few_label"]) == {"30"}  # 3 per class x 10 classes
     f = saved["few_label"]["30"]
     assert f["min"] <= f["mean"] <= f["max"]

@@ -129,6 +129,8 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
         "data": cfg.data,
         "encoder": name,
         "linear_C": linear_C,
+        "probe": cfg.probe,  # the linear probes' solver
+        "precision": cfg.precision,  # of the encoder pass
         "classes": class_summary(torch.from_numpy(linear_pred), y_test, test.classes, "linear probe"),
     }
     n_classes = int(y_train.max()) + 1
