@@ -110,3 +110,24 @@ def test_raw_weights_fold_the_standardisation_in():
         np.testing.assert_allclose(x.astype(np.float64) @ w.T + b, probe.decision_function(x), rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="solver must be one of torch, sklearn"):
         fit_linear_probe(x, y, 0.1, solver="liblinear")
+
+
+def test_lbfgs_finds_a_quadratics_closed_form_minimum():
+    import torch
+
+    from replearn.evaluate.linear import lbfgs
+
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(12, 12))
+    A = torch.from_numpy(q @ q.T + 0.5 * np.eye(12))  # positive definite, condition number ~100
+    b = torch.from_numpy(rng.normal(size=12))
+    x, iterations = lbfgs(lambda x: (float(0.5 * x @ A @ x - b @ x), A @ x - b), torch.zeros(12, dtype=torch.float64),
+                          max_iter=200, tol=1e-10)
+    exact = torch.linalg.solve(A, b)
+    assert exact.abs().max() > 0.1  # the start (0) is far from it
+    # it stops once an iteration lowers the loss by under 1e-12 of itself: about 1e-6 from x*
+    torch.testing.assert_close(x, exact, atol=1e-5, rtol=0)
+    assert 0 < iterations < 200
+    _, capped = lbfgs(lambda x: (float(0.5 * x @ A @ x - b @ x), A @ x - b), torch.zeros(12, dtype=torch.float64),
+                      max_iter=3, tol=1e-10)
+    assert capped == 3
