@@ -171,6 +171,21 @@ def test_semisup_resume_equals_uninterrupted(runs):
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], atol=0, rtol=0, msg=key)
 
 
+def test_resident_unlabelled_images_train_exactly_as_loaded_batches(runs, tmp_path, monkeypatch):
+    """The unlabelled images sliced on the device by the step (the GPU path; on a CPU a view of the
+    set) give the same weights as the batches the DataLoader brings."""
+    from replearn.train import semisup as loop
+
+    _, straight, _ = runs  # trained with the images resident (the CPU's default)
+    monkeypatch.setattr(loop, "resident_images", lambda data, device, free_bytes=None: None)
+    loaded = semisup(out=str(tmp_path / "loaded"), labels_per_class=2, method="pseudolabel", steps=20,
+                     method_args={"threshold": 0.5}, **TINY)
+    a = torch.load(straight / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(loaded / "last.ckpt", weights_only=False)["state_dict"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
+
+
 def test_init_starts_from_the_pretrained_encoder(runs, tmp_path):
     tmp = runs[0]
     pre = pretrain(out=str(tmp_path / "pre"), data="digits", width=8, batch_size=64, limit=256, epochs=1,

@@ -117,7 +117,8 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     y_train, y_test = train.labels, test.labels
     t_feat = time.perf_counter()
     say(f"kNN (k={cfg.knn_k}) ...")
-    knn = knn_accuracy(f_train, y_train, f_test, y_test, k=cfg.knn_k, temperature=cfg.knn_temperature)
+    dev = _device()  # the kNN's products on the GPU when there is one
+    knn = knn_accuracy(f_train.to(dev), y_train, f_test.to(dev), y_test, k=cfg.knn_k, temperature=cfg.knn_temperature)
     say("linear probe (C chosen on a 10% train hold-out) ...")
     linear_pred, linear_C = linear_probe_predict(f_train, y_train, f_test, solver=cfg.probe)
     linear = 100.0 * float(np.mean(linear_pred == y_test.numpy()))

@@ -35,6 +35,7 @@ from replearn.train.module import (
     current_lr,
     fused_on,
     param_groups,
+    resident_images,
     step_generator,
 )
 
@@ -94,6 +95,7 @@ class SemiModule(TimedLoop):
         self.optimizer_name, self.lr, self.weight_decay, self.total_steps = optimizer, lr, weight_decay, total_steps
         self.monitor_truth = monitor_truth  # the data's own labels may score the pseudo-labels
         self.images_seen = 0  # this session's, for the loop's images/s
+        self._images: torch.Tensor | None = None  # the data on the device (resident_images)
 
     def on_fit_start(self) -> None:
         self.method.to(memory_format=torch.channels_last)
@@ -110,11 +112,15 @@ class SemiModule(TimedLoop):
             )
         sampler = StepSampler(len(self.data), n_u, self.seed, self.global_rank, world, steps,
                               lambda: self.trainer.global_step)
-        return DataLoader(IndexedImages(self.data), batch_size=n_u, sampler=sampler, drop_last=True,
-                          collate_fn=_passthrough, pin_memory=torch.cuda.is_available())
+        self._images = resident_images(self.data, self.device)
+        return DataLoader(IndexedImages(self.data, resident=self._images is not None), batch_size=n_u,
+                          sampler=sampler, drop_last=True, collate_fn=_passthrough,
+                          pin_memory=torch.cuda.is_available() and self._images is None)
 
     def training_step(self, batch, batch_idx):
         x_u, y_u, u_index = batch
+        if x_u is None:  # resident: gathered on the device, no host-to-device copy
+            x_u = self._images[u_index.to(self._images.device, non_blocking=True)]
         step = self.global_step
         g = step_generator(self.seed, step, self.global_rank, x_u.device)
         self.method.set_progress(step, self.total_steps)
