@@ -256,3 +256,18 @@ def test_compile_without_a_cpp_compiler_trains_eagerly(tmp_path, monkeypatch, ca
     run = pretrain(out=str(tmp_path / "run"), epochs=1, method="simclr", compile=True, **TINY)
     assert "no C++ compiler found" in capsys.readouterr().out
     assert (run / "encoder.pt").is_file()
+
+
+def test_fused_optimiser_only_on_a_gpu_and_a_valid_flag():
+    from replearn.train.module import fused_on
+
+    assert fused_on(torch.device("cpu")) == {}
+    flags = fused_on(torch.device("cuda"))
+    assert flags == {"fused": True}
+    # the flag is one AdamW takes (torch runs fused AdamW on a CPU too): one step equals the default's
+    w1, w2 = (torch.nn.Parameter(torch.ones(4)) for _ in range(2))
+    for w, kw in ((w1, {}), (w2, flags)):
+        opt = torch.optim.AdamW([w], lr=0.1, **kw)
+        w.grad = torch.arange(4.0)
+        opt.step()
+    torch.testing.assert_close(w1, w2)

@@ -31,6 +31,11 @@ def native_bf16(device: torch.device | str) -> bool:
     return False
 
 
+def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU: where evaluation, embedding and search compute."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from replearn.config import EmbedConfig, make_config, to_dict
+from replearn.dist import default_device
 from replearn.errors import ReplearnError
 
 
@@ -178,7 +179,7 @@ def embed(run: str, config: EmbedConfig | None = None, **overrides) -> Path:
     out = Path(cfg.out)
     if out.suffix.lower() not in (".npz", ".parquet"):
         raise ReplearnError(f"unknown output format {out.suffix or out.name!r}", "end --out with .npz or .parquet")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     enc, spec = load_encoder(run, map_location=device)
     splits = ["train", "test"] if cfg.split == "all" else [cfg.split]
     parts, seen = [], None

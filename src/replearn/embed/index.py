@@ -260,6 +260,7 @@ class EmbeddingIndex:
 
         from replearn.data.imageset import ImageSet
         from replearn.data.sources import _decode_file
+        from replearn.dist import default_device
         from replearn.evaluate.features import extract_features
         from replearn.nn import load_encoder
 
@@ -270,7 +271,7 @@ class EmbeddingIndex:
         if not run:
             raise ReplearnError(f"the index {self.path or ''} does not name the run its embeddings came from",
                                 "search it by --id, or embed with 'replearn embed' and index again")
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device()
         encoder, spec = load_encoder(run, map_location=device)
         image, reason = _decode_file(str(path), int(spec["image_size"]))  # uint8 (1 or 3, S, S)
         if image is None:

@@ -30,6 +30,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from replearn.dist import default_device
+
 ArrayLike = torch.Tensor | np.ndarray
 
 # Chosen on Fashion-MNIST test top-1 (60k train, 2 CPU cores). Raw pixels at max_iter 200,
@@ -76,10 +78,6 @@ class LinearProbe:
         """(weight (K, D), bias (K,)) acting on the raw features: the standardisation folded in."""
         w = self.coef / self.scale
         return w, self.intercept - w @ self.mean
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class _Standardised:
@@ -227,7 +225,7 @@ def fit_linear_probe(feats: ArrayLike, labels: ArrayLike, C: float, max_iter: in
     x, y = as_split(feats, labels, "train")
     if solver == "sklearn":
         return _fit_sklearn(x, y, C, max_iter or DEFAULT_MAX_ITER)
-    data = _Standardised(torch.from_numpy(x).to(device or _device()), y)
+    data = _Standardised(torch.from_numpy(x).to(device or default_device()), y)
     return _fit_torch(data, C, max_iter or TORCH_MAX_ITER, tol, init)
 
 
@@ -260,7 +258,7 @@ def _select_C(x, y, grid, holdout, seed, max_iter, solver) -> tuple[float, Linea
     _check_solver(solver)
     val, fit = _holdout(len(y), holdout, seed)
     if solver == "torch":  # standardised once for the whole grid
-        X = torch.from_numpy(x).to(_device())
+        X = torch.from_numpy(x).to(default_device())
         data = _Standardised(X[torch.from_numpy(fit).to(X.device)], y[fit])
     scores, probes, prev = [], [], None
     for C in sorted(grid):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from replearn.config import EvaluateConfig, make_config, to_dict
+from replearn.dist import default_device
 from replearn.errors import ReplearnError
 from replearn.evaluate.features import extract_features, raw_pixels
 from replearn.evaluate.fewlabel import few_label_accuracy
@@ -18,10 +19,6 @@ from replearn.evaluate.knn import knn_accuracy
 from replearn.evaluate.linear import linear_probe_predict
 from replearn.evaluate.retrieval import parse_classes, retrieval_metrics
 from replearn.fileio import atomic_write_text
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _features(run: str | None, encoder, cfg: EvaluateConfig, train, test) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -33,11 +30,11 @@ def _features(run: str | None, encoder, cfg: EvaluateConfig, train, test) -> tup
         from replearn.nn import build_backbone
 
         seed_everything(0, verbose=False)
-        enc = build_backbone(cfg.backbone, train.channels, train.size, cfg.width).to(_device())
+        enc = build_backbone(cfg.backbone, train.channels, train.size, cfg.width).to(default_device())
         name = f"random-init {cfg.backbone}"
     else:
         enc, spec = encoder
-        enc = enc.to(_device())
+        enc = enc.to(default_device())
         if spec["channels"] != train.channels or spec["image_size"] != train.size:
             raise ReplearnError(
                 f"the encoder expects {spec['channels']}-channel {spec['image_size']}px images, "
@@ -117,7 +114,7 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     y_train, y_test = train.labels, test.labels
     t_feat = time.perf_counter()
     say(f"kNN (k={cfg.knn_k}) ...")
-    dev = _device()  # the kNN's products on the GPU when there is one
+    dev = default_device()  # the kNN's products on the GPU when there is one
     knn = knn_accuracy(f_train.to(dev), y_train, f_test.to(dev), y_test, k=cfg.knn_k, temperature=cfg.knn_temperature)
     say("linear probe (C chosen on a 10% train hold-out) ...")
     linear_pred, linear_C = linear_probe_predict(f_train, y_train, f_test, solver=cfg.probe)
