@@ -56,6 +56,9 @@ from typing import NamedTuple
 
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zoo import git_commit  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 MARK_START, MARK_END = "<!-- throughput:start -->", "<!-- throughput:end -->"
 
@@ -210,7 +213,7 @@ class _PILImages:
         return self.transform(Image.fromarray(self.images[i, 0])), 0  # 2-d uint8 -> mode "L"
 
 
-def _lightly_model(method: str, data, steps: int):
+def _lightly_model(method: str, data, steps: int, backbone_name: str = BACKBONE):
     """lightly's parts for ``method`` (its documented example loop), on replearn's backbone:
     returns (model, step(views, i) -> loss). Heads and loss settings are replearn's (its method
     arguments, read from its ``Args`` with the bench's values, so the defaults are replearn's too)."""
@@ -246,7 +249,7 @@ def _lightly_model(method: str, data, steps: int):
     from replearn.methods.base import parse_args
     from replearn.nn import build_backbone
 
-    backbone = build_backbone(BACKBONE, in_channels=data.channels, image_size=data.size, width=WIDTH)
+    backbone = build_backbone(backbone_name, in_channels=data.channels, image_size=data.size, width=WIDTH)
     d = backbone.out_dim
     spec = BENCH_METHODS[method]
     margs, extra = spec.margs, spec.extra
@@ -460,7 +463,7 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
-def method_flops(method: str, data, batch_size: int) -> dict:
+def method_flops(method: str, data, batch_size: int, backbone_name: str = BACKBONE) -> dict:
     """One replearn training step of ``method`` as the bench builds it, fp32 on the CPU: FLOPs of
     forward + backward of its ``training_step`` on ``batch_size`` images (momentum encoders, heads
     and loss included), and of forward + backward of the backbone alone on the same views.
@@ -476,7 +479,7 @@ def method_flops(method: str, data, batch_size: int) -> dict:
     torch.manual_seed(0)
 
     def backbone():
-        return build_backbone(BACKBONE, data.channels, data.size, WIDTH)
+        return build_backbone(backbone_name, data.channels, data.size, WIDTH)
 
     opts = MethodOptions(temperature=options["temperature"], proj_hidden=PROJ_HIDDEN, proj_dim=PROJ_DIM,
                          args=spec.margs, channels=data.channels, image_size=data.size, width=WIDTH)
@@ -635,15 +638,6 @@ def versions() -> dict:
         except PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else ""
-
-    sha = git("rev-parse", "--short", "HEAD") or "unknown"
-    return sha + ("+dirty" if git("status", "--porcelain") else "")
 
 
 def command_line() -> str:
