@@ -140,6 +140,7 @@ def fit(module, out: Path, cfg, callbacks: list, *, resume: bool, stop: tuple, h
             use_distributed_sampler=False,
             num_sanity_val_steps=0,
             enable_model_summary=False,
+            benchmark=True,  # cuDNN picks each conv's fastest kernel once per shape (a no-op on a CPU)
             default_root_dir=str(out),
             **limits,
         )
