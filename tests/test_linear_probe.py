@@ -131,3 +131,37 @@ def test_lbfgs_finds_a_quadratics_closed_form_minimum():
     _, capped = lbfgs(lambda x: (float(0.5 * x @ A @ x - b @ x), A @ x - b), torch.zeros(12, dtype=torch.float64),
                       max_iter=3, tol=1e-10)
     assert capped == 3
+
+
+@pytest.mark.parametrize(("n", "d", "dense_max", "exact_max", "low_rank"), [
+    (60, 300, 100, 2048, 512),  # wider than many: the exact low-rank form from the (n, n) Gram matrix
+    (240, 10, 5, 100, 4),  # more items than EXACT_MAX: the top directions of a randomised SVD
+])
+def test_low_rank_preconditioning_reaches_the_same_minimum(monkeypatch, n, d, dense_max, exact_max, low_rank):
+    import replearn.evaluate.linear as linear
+
+    monkeypatch.setattr(linear, "DENSE_MAX", dense_max)
+    monkeypatch.setattr(linear, "EXACT_MAX", exact_max)
+    monkeypatch.setattr(linear, "LOW_RANK", low_rank)
+    x, y = problem(n=n, d=d)
+    probe = fit_linear_probe(x, y, 1.0, max_iter=2000, tol=1e-9)
+    z = standardised(x)
+    g = naive_gradient(z, y, probe.coef, probe.intercept, 1.0)
+    g0 = naive_gradient(z, y, np.zeros_like(probe.coef), np.zeros(4), 1.0)
+    assert np.linalg.norm(g) < 1e-4 * np.linalg.norm(g0)
+
+
+def test_low_rank_powers_compose_as_the_dense_matrix_powers():
+    import torch
+
+    from replearn.evaluate.linear import _LowRank
+
+    gen = torch.Generator().manual_seed(0)
+    xs, c, lam = torch.randn(30, 80, generator=gen), torch.rand(30, generator=gen) + 0.1, 0.05
+    pre = _LowRank(xs, c, lam)
+    cov = (xs.double().T * (c.double() / 30)) @ xs.double()
+    ev, u = torch.linalg.eigh(cov)
+    eye = torch.eye(80, dtype=torch.float64)
+    for p in (-1.0, -0.5, 0.5):
+        dense = (u * (ev.clamp(min=0) + lam) ** p) @ u.T
+        torch.testing.assert_close(pre.times(eye, p), dense, atol=1e-6, rtol=1e-5)  # A is formed in float32

@@ -44,6 +44,10 @@ TORCH_MAX_ITER = 50  # the preconditioned solver's (see the module docstring)
 SELECT_MAX_ITER = 25  # its iterations for each C of the grid, which only has to rank them
 SOLVERS = ("torch", "sklearn")
 _PAD = 16  # classes padded to this many columns in the matrix products
+# Features wider than DENSE_MAX are preconditioned in low rank (``_LowRank``): exactly from the
+# Gram matrix with up to EXACT_MAX items, else from the top LOW_RANK directions. 64 px RGB raw
+# pixels (12,288-d) of 72 labelled images: the dense path was still running after 10 minutes.
+DENSE_MAX, EXACT_MAX, LOW_RANK = 2048, 2048, 512
 
 
 def as_numpy(x: ArrayLike, dtype: type) -> np.ndarray:
@@ -110,13 +114,30 @@ def _fit_torch(data: _Standardised, C: float, max_iter: int, tol: float, init: L
     with torch.no_grad():
         p = torch.softmax(torch.addmm(b[:K], Xs, W.float().T), 1)
         c = (1.0 - (p * p).sum(1)) / K  # (n,)
-    ev, U = torch.linalg.eigh((Xs.T @ (Xs * c[:, None])).double() / n)
-    root = (ev.clamp(min=0) + lam).sqrt()
-    M = ((U / root) @ U.T).float()  # (d, d), symmetric: W = V M
-    Zt = M @ Xs.T  # (d, n): the features in the well-conditioned coordinates, one item per column
-    MM = M @ M  # penalty ||W||^2 = tr(V MM V^T)
     V = torch.zeros(_PAD, d, device=device)  # rows: classes
-    V[:K] = (W @ ((U * root) @ U.T)).float()
+    if d <= DENSE_MAX:
+        ev, U = torch.linalg.eigh((Xs.T @ (Xs * c[:, None])).double() / n)
+        root = (ev.clamp(min=0) + lam).sqrt()
+        M = ((U / root) @ U.T).float()  # (d, d), symmetric: W = V M
+        Zt = M @ Xs.T  # (d, n): the features in the well-conditioned coordinates, one item per column
+        MM = M @ M  # penalty ||W||^2 = tr(V MM V^T)
+        V[:K] = (W @ ((U * root) @ U.T)).float()
+
+        def times_MM(A: torch.Tensor) -> torch.Tensor:
+            return A @ MM
+
+        def times_M(A: torch.Tensor) -> torch.Tensor:
+            return A @ M.double()
+    else:  # wide features: a (d, d) eigendecomposition would cost d^3
+        pre = _LowRank(Xs, c, lam)
+        Zt = pre.times(Xs, -0.5).T.contiguous()
+        V[:K] = pre.times(W, 0.5).float()
+
+        def times_MM(A: torch.Tensor) -> torch.Tensor:
+            return pre.times(A, -1.0)
+
+        def times_M(A: torch.Tensor) -> torch.Tensor:
+            return pre.times(A, -0.5)
     Y = torch.zeros(_PAD, n, device=device)
     Y[y_t, rows] = 1.0  # one-hot targets, classes x items
     at_target = y_t * n + rows  # flat positions of the targets' logits
@@ -129,7 +150,7 @@ def _fit_torch(data: _Standardised, C: float, max_iter: int, tol: float, init: L
         logits.sub_(logits.amax(0))  # each item's logits shifted so that the largest is 0
         e = logits.exp()
         total = e.sum(0)  # (n,)
-        MV = V @ MM  # (PAD, d)
+        MV = times_MM(V)  # (PAD, d)
         # mean over items of log(sum exp) - target logit, summed in float64: float32 cannot
         # tell apart the losses of the last iterations
         nll = (total.log().sum(dtype=torch.float64) - logits.view(-1).take(at_target).sum(dtype=torch.float64)) / n
@@ -140,12 +161,42 @@ def _fit_torch(data: _Standardised, C: float, max_iter: int, tol: float, init: L
 
     theta, iterations = lbfgs(loss_and_grad, torch.cat([V[:K].flatten(), b[:K]]).double(), max_iter, tol)
     loss_and_grad(theta)  # V and b at the solution
-    W = V[:K].double() @ M.double()
+    W = times_M(V[:K].double())
     coef, intercept = W.cpu().numpy(), b[:K].double().cpu().numpy()
     if len(classes) == 1:  # one class: predict it (a second, never-seen column never wins)
         coef, intercept = coef[:1] * 0, np.zeros(1)
     return LinearProbe(classes, data.mean.double().cpu().numpy(), data.scale.double().cpu().numpy(),
                        coef[: len(classes)], intercept[: len(classes)], iterations)
+
+
+class _LowRank:
+    """The preconditioner of wide features (d > ``DENSE_MAX``) from the top of the spectrum of
+    Cov_c = Xs^T diag(c) Xs / n: eigenpairs (e, Q) with Q (d, r) orthonormal, and on the rest of
+    the space the level ``rest`` (r x r work instead of d x d). ``times(A, p)`` is
+    A (Cov_c + lam)^p taken as A (Q diag((e + lam)^p) Q^T + (rest + lam)^p (I - Q Q^T)): M, M^2
+    and M^-1 of ``_fit_torch`` are p = -1/2, -1 and 1/2. It is exact with r = n <= ``EXACT_MAX``
+    items (Cov_c has rank n, so rest = 0: the eigenpairs come from the (n, n) Gram matrix);
+    with more items Q holds the top ``LOW_RANK`` directions of a randomised SVD and rest is
+    the last of them, which only changes how well the problem is conditioned, not its solution
+    (any symmetric positive definite M reparametrises the same objective exactly)."""
+
+    def __init__(self, Xs: torch.Tensor, c: torch.Tensor, lam: float):
+        n = len(Xs)
+        A = (Xs * (c / n).sqrt()[:, None]).double()  # Cov_c = A^T A
+        if n <= EXACT_MAX:
+            e, P = torch.linalg.eigh(A @ A.T)
+            keep = e > e.max().clamp(min=1e-300) * 1e-12
+            e, P = e[keep], P[:, keep]
+            self.Q, self.rest = (A.T @ P) / e.sqrt(), 0.0
+        else:
+            _, S, Q = torch.svd_lowrank(A, q=min(LOW_RANK, *A.shape), niter=2)
+            e, self.Q, self.rest = S**2, Q, float(S[-1] ** 2)
+        self.e, self.lam = e, lam
+
+    def times(self, A: torch.Tensor, p: float) -> torch.Tensor:
+        a = (self.e + self.lam) ** p - (self.rest + self.lam) ** p
+        Q = self.Q.to(A.dtype)
+        return ((A @ Q) * a.to(A.dtype)) @ Q.T + (self.rest + self.lam) ** p * A
 
 
 def lbfgs(fun, x: torch.Tensor, max_iter: int, tol: float, history: int = 10) -> tuple[torch.Tensor, int]:
