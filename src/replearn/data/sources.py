@@ -67,6 +67,12 @@ def data_names() -> list[str]:
     return list(BUILTIN)
 
 
+def has_split(spec: str) -> bool:
+    """Whether ``spec``'s "train" and "test" splits are different images (the built-ins); a folder,
+    an array file or a pairs CSV returns all of itself for every split."""
+    return spec in BUILTIN
+
+
 def load_data(
     spec: str,
     split: str = "train",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from replearn.fileio import atomic_write_text
 
 def _features(run: str | None, encoder, cfg: EvaluateConfig, train, test) -> tuple[torch.Tensor, torch.Tensor, str]:
     if cfg.baseline == "raw":
-        return raw_pixels(train), raw_pixels(test), "raw pixels"
+        f = raw_pixels(train)
+        return f, f if test is train else raw_pixels(test), "raw pixels"
     if cfg.baseline == "random":
         from lightning.fabric.utilities.seed import seed_everything
 
@@ -45,8 +47,8 @@ def _features(run: str | None, encoder, cfg: EvaluateConfig, train, test) -> tup
         train.mean = test.mean = tuple(spec["mean"])
         train.std = test.std = tuple(spec["std"])
         name = f"{spec['method']} {spec['backbone']} ({run})"
-    feats = [extract_features(enc, d, cfg.batch_size, precision=cfg.precision) for d in (train, test)]
-    return feats[0], feats[1], name
+    f = extract_features(enc, train, cfg.batch_size, precision=cfg.precision)
+    return f, f if test is train else extract_features(enc, test, cfg.batch_size, precision=cfg.precision), name
 
 
 def _held_out_classes(run: str) -> list | None:
@@ -75,13 +77,72 @@ def _retrieval_items(spec: str | list, source: str, test, data: str) -> tuple[li
     return classes, keep
 
 
+HOLD_OUT = 0.2  # the share of each class the probes are scored on when the data has no test split
+
+
+@dataclass
+class ProbeSets:
+    """The labelled features the probes (kNN, linear, few-label) train and are scored on: ``sets``
+    is (train features, train labels, test features, test labels); ``held_out`` when the test part
+    was held out of a data source without a test split; ``unlabelled`` images were left out."""
+
+    sets: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    held_out: bool
+    unlabelled: int
+
+    def summary(self) -> dict:
+        return {"train": len(self.sets[1]), "test": len(self.sets[3]), "held_out": self.held_out,
+                "unlabelled_left_out": self.unlabelled}
+
+    def describe(self, data: str) -> str:
+        n_train, n_test = len(self.sets[1]), len(self.sets[3])
+        left = f"; {self.unlabelled} unlabelled image(s) left out" if self.unlabelled else ""
+        if self.held_out:
+            return (f"{data} has no test split: the probes train on {n_train} labelled images and are scored on "
+                    f"{n_test} held out of them ({HOLD_OUT:.0%} of each class, seed 0){left}")
+        return f"the probes train on {n_train} labelled images and are scored on {n_test}{left}"
+
+
+def probe_sets(f_train: torch.Tensor, y_train: torch.Tensor, f_test: torch.Tensor, y_test: torch.Tensor, *,
+               same: bool) -> ProbeSets:
+    """The probes' labelled train and test features. ``same``: train and test are one set (a source
+    without a test split), so ``HOLD_OUT`` of each class's labelled images (rounded, at least one of
+    a class with two or more; seed 0) becomes the test part and the rest the train part: a probe is
+    never scored on an image it was fit on. Unlabelled images (-1) are left out of both."""
+    if same:
+        labelled = torch.nonzero(y_train >= 0).squeeze(1)
+        gen = torch.Generator().manual_seed(0)
+        test_idx = []
+        for c in torch.unique(y_train[labelled]).tolist():
+            members = labelled[y_train[labelled] == c]
+            n = len(members)
+            k = max(1, round(HOLD_OUT * n)) if n >= 2 else 0
+            test_idx.append(members[torch.randperm(n, generator=gen)[:k]])
+        test_idx = torch.sort(torch.cat(test_idx)).values if test_idx else labelled[:0]
+        is_test = torch.zeros(len(y_train), dtype=torch.bool)
+        is_test[test_idx] = True
+        train_idx = labelled[~is_test[labelled]]
+        unlabelled = len(y_train) - len(labelled)
+        sets = (f_train[train_idx], y_train[train_idx], f_train[test_idx], y_train[test_idx])
+    else:
+        tr, te = y_train >= 0, y_test >= 0
+        unlabelled = int((~tr).sum()) + int((~te).sum())
+        sets = (f_train[tr], y_train[tr], f_test[te], y_test[te])
+    if len(sets[3]) == 0 or len(sets[1]) == 0:
+        raise ReplearnError(
+            f"too few labelled images to score a probe: {len(sets[1])} to train on, {len(sets[3])} to test on",
+            "label at least two images of a class" if same else "label some images of the test split too",
+        )
+    return ProbeSets(sets, held_out=same, unlabelled=unlabelled)
+
+
 def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, verbose: bool = True, **overrides) -> dict:
     """Evaluate a run's frozen encoder (or a baseline) and write ``eval.json``; returns the results.
 
     ``replearn.evaluate("runs/simclr", data="fashion-mnist")``, or
     ``replearn.evaluate(baseline="raw", out="runs/raw")``. Accuracies are test top-1 in percent.
     """
-    from replearn.data import load_data
+    from replearn.data import has_split, load_data
 
     cfg = make_config(EvaluateConfig, None, {**to_dict(config or EvaluateConfig()), **overrides})
     if cfg.baseline is None and run is None:
@@ -97,9 +158,10 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
         encoder = load_encoder(run)  # (module, spec): the data is loaded at the encoder's image size
         image_size = encoder[1]["image_size"]
     train = load_data(cfg.data, "train", image_size=image_size, labels_csv=cfg.labels_csv)
-    test = load_data(cfg.data, "test", image_size=image_size, labels_csv=cfg.labels_csv)
     if cfg.limit:
         train = train.subset(torch.arange(min(cfg.limit, len(train))))
+    # a folder, an array file or a pairs CSV has no test split: one set, whose features serve both
+    test = load_data(cfg.data, "test", image_size=image_size, labels_csv=cfg.labels_csv) if has_split(cfg.data) else train
     if not train.has_labels or not test.has_labels:
         raise ReplearnError(f"{cfg.data} has no labels to evaluate against", "use class sub-folders or --labels-csv")
     spec, source = cfg.retrieval_classes, "--retrieval-classes"
@@ -111,14 +173,17 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     say = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)  # noqa: E731
     say(f"evaluating on {cfg.data}: features of {len(train)} train and {len(test)} test images ...")
     f_train, f_test, name = _features(run, encoder, cfg, train, test)
-    y_train, y_test = train.labels, test.labels
     t_feat = time.perf_counter()
+    probes = probe_sets(f_train, train.labels, f_test, test.labels, same=test is train)
+    fp_train, yp_train, fp_test, yp_test = probes.sets
+    say(probes.describe(cfg.data))
     say(f"kNN (k={cfg.knn_k}) ...")
     dev = default_device()  # the kNN's products on the GPU when there is one
-    knn = knn_accuracy(f_train.to(dev), y_train, f_test.to(dev), y_test, k=cfg.knn_k, temperature=cfg.knn_temperature)
+    knn = knn_accuracy(fp_train.to(dev), yp_train, fp_test.to(dev), yp_test, k=cfg.knn_k,
+                       temperature=cfg.knn_temperature)
     say("linear probe (C chosen on a 10% train hold-out) ...")
-    linear_pred, linear_C = linear_probe_predict(f_train, y_train, f_test, solver=cfg.probe)
-    linear = 100.0 * float(np.mean(linear_pred == y_test.numpy()))
+    linear_pred, linear_C = linear_probe_predict(fp_train, yp_train, fp_test, solver=cfg.probe)
+    linear = 100.0 * float(np.mean(linear_pred == yp_test.numpy()))
     say(f"few-label probes ({', '.join(str(n) for n in cfg.few_label)} per class, seeds {cfg.seeds}) ...")
     result = {
         "knn": round(knn, 2),
@@ -129,24 +194,33 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
         "linear_C": linear_C,
         "probe": cfg.probe,  # the linear probes' solver
         "precision": cfg.precision,  # of the encoder pass
-        "classes": class_summary(torch.from_numpy(linear_pred), y_test, test.classes, "linear probe"),
+        "probe_split": probes.summary(),
+        "classes": class_summary(torch.from_numpy(linear_pred), yp_test, test.classes, "linear probe"),
     }
-    n_classes = int(y_train.max()) + 1
+    present, counts = torch.unique(yp_train, return_counts=True)
+    n_classes, fewest = len(present), int(counts.min())
     for per_class in cfg.few_label:
-        r = few_label_accuracy(f_train, y_train, f_test, y_test, per_class=per_class, seeds=tuple(cfg.seeds),
+        if per_class > fewest:  # a budget the labels cannot fill: said and recorded, the rest still runs
+            c = int(present[counts.argmin()])
+            why = f"class {class_names(test.classes, c + 1)[c]} has {fewest} labelled training images"
+            say(f"few-label probe with {per_class} per class skipped: {why}")
+            result.setdefault("few_label_skipped", {})[str(per_class)] = why
+            continue
+        r = few_label_accuracy(fp_train, yp_train, fp_test, yp_test, per_class=per_class, seeds=tuple(cfg.seeds),
                                solver=cfg.probe)
         result["few_label"][str(per_class * n_classes)] = {k: round(r[k], 2) for k in ("mean", "min", "max")}
     if retrieval is not None:
         classes, keep = retrieval
         say(f"retrieval among the {int(keep.sum())} test images of classes {classes} ...")
         names = [test.classes[c] if test.classes and c < len(test.classes) else str(c) for c in classes]
-        r = retrieval_metrics(f_test[keep], y_test[keep])
+        r = retrieval_metrics(f_test[keep], test.labels[keep])
         result["retrieval"] = {"classes": classes, "class_names": names, "split": "test", **r}
     if run and cfg.baseline is None and (Path(run) / "classifier.pt").exists():  # a semi-supervised run
         from replearn.evaluate.predict import classifier_predictions
 
         say("the run's classifier on the test images ...")
         pred, conf = classifier_predictions(run, test, cfg.batch_size)
+        y_test = test.labels
         known = y_test >= 0
         result["accuracy"] = round(100.0 * float((pred[known] == y_test[known]).float().mean()), 2)
         result["classifier"] = {
