@@ -23,8 +23,8 @@ batch fetched, warm-up and autotuning included) to the end of its last step, syn
 
 FLOP floor: one more process counts the backbone's forward + backward FLOPs per view with
 ``torch.utils.flop_counter`` (fp32, on the CPU, outside any timed loop) and measures the device's
-matmul peak (``torch.mm`` of two 8192 x 8192 matrices on a GPU, 2048 on a CPU; fp32 and bf16; best
-of 10 after a warm-up). Each row's backbone FLOP/s = views/s x FLOPs per view, and its share of each
+matmul peak (``bench/throughput.py``'s ``peak_matmul``: ``torch.mm`` of two 8192 x 8192 matrices on
+a GPU, 2048 on a CPU; fp32 and bf16; best of 10 after a warm-up). Each row's backbone FLOP/s = views/s x FLOPs per view, and its share of each
 peak.
 """
 
@@ -164,35 +164,11 @@ def child(a) -> None:
     }), flush=True)
 
 
-def peak_matmul(device: str, size: int, repeats: int = 10) -> dict:
-    """The device's matmul rate in FLOP/s, fp32 and bf16: ``torch.mm`` of two ``size`` x ``size``
-    matrices, the best of ``repeats`` after a warm-up (timed with CUDA events on a GPU)."""
+def flops_child(a) -> None:
     import torch
 
-    out = {"size": size, "repeats": repeats}
-    cuda = device.startswith("cuda")
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        x, y = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-        torch.mm(x, y)
-        best = float("inf")
-        for _ in range(repeats):
-            if cuda:
-                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                e0.record()
-                torch.mm(x, y)
-                e1.record()
-                e1.synchronize()
-                best = min(best, e0.elapsed_time(e1) / 1e3)
-            else:
-                t = time.perf_counter()
-                torch.mm(x, y)
-                best = min(best, time.perf_counter() - t)
-        out[name] = 2 * size**3 / best
-    return out
-
-
-def flops_child(a) -> None:
-    peak = peak_matmul(a.device, 8192 if a.device.startswith("cuda") else 2048)
+    cuda = a.device.startswith("cuda")
+    peak = tp.peak_matmul(a.threads or torch.get_num_threads(), 8192 if cuda else 2048, 10, a.device)
     f = tp.method_flops(a.method, _data(a), min(a.batch_size, 32), backbone_name=a.backbone)
     print("BENCH-FLOPS " + json.dumps({"peak": peak, "flops": f}), flush=True)
 

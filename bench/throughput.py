@@ -518,22 +518,32 @@ def method_flops(method: str, data, batch_size: int, backbone_name: str = BACKBO
             "backbone_per_image": backbone_flops / batch_size, "views": n_views / batch_size}
 
 
-def peak_matmul(threads: int, size: int = MM_SIZE, repeats: int = MM_REPEATS) -> dict:
-    """The machine's matmul peak in FLOP/s: ``torch.mm`` of two ``size`` x ``size`` matrices,
-    fp32 and bf16, on ``threads`` torch threads; the best of ``repeats`` after one warm-up."""
+def peak_matmul(threads: int, size: int = MM_SIZE, repeats: int = MM_REPEATS, device: str = "cpu") -> dict:
+    """The device's matmul peak in FLOP/s: ``torch.mm`` of two ``size`` x ``size`` matrices, fp32
+    and bf16, on ``threads`` torch threads; the best of ``repeats`` after one warm-up (timed with
+    CUDA events on a GPU)."""
     import torch
 
     torch.set_num_threads(threads)
     out = {"size": size, "repeats": repeats, "threads": threads}
     gen = torch.Generator().manual_seed(0)
+    cuda = device.startswith("cuda")
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        x, y = (torch.randn(size, size, generator=gen).to(dtype) for _ in range(2))
+        x, y = (torch.randn(size, size, generator=gen).to(device, dtype) for _ in range(2))
         torch.mm(x, y)
         best = float("inf")
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            torch.mm(x, y)
-            best = min(best, time.perf_counter() - t0)
+            if cuda:
+                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                e0.record()
+                torch.mm(x, y)
+                e1.record()
+                e1.synchronize()
+                best = min(best, e0.elapsed_time(e1) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                torch.mm(x, y)
+                best = min(best, time.perf_counter() - t0)
         out[name] = 2 * size**3 / best
     return out
 
