@@ -76,4 +76,4 @@ def test_a_partly_labelled_folder_is_scored_on_held_out_images(tmp_path, capsys)
     assert set(r["few_label"]) == {"4"}  # 2 per class x 2 classes; 10 per class cannot be filled
     assert "8 labelled training images" in r["few_label_skipped"]["10"]
     out = capsys.readouterr().out
-    assert "has no test split" in out and "skipped" in out
+    assert "features of 24 images ..." in out and "has no test split" in out and "skipped" in out

@@ -171,7 +171,8 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     if "{label}" not in cfg.prompt:  # checked before the slow part too (it only matters for a clip run)
         raise ReplearnError(f"the prompt {cfg.prompt!r} has no {{label}}", "write e.g. --prompt 'a photo of a {label}'")
     say = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)  # noqa: E731
-    say(f"evaluating on {cfg.data}: features of {len(train)} train and {len(test)} test images ...")
+    sizes = f"{len(train)} images" if test is train else f"{len(train)} train and {len(test)} test images"
+    say(f"evaluating on {cfg.data}: features of {sizes} ...")
     f_train, f_test, name = _features(run, encoder, cfg, train, test)
     t_feat = time.perf_counter()
     probes = probe_sets(f_train, train.labels, f_test, test.labels, same=test is train)
