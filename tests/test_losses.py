@@ -76,3 +76,36 @@ def test_scale_invariant_and_float32_under_bf16_inputs():
     idx = torch.arange(3).repeat(2)
     assert abs(nt_xent(z, idx).item() - nt_xent(5 * z, idx).item()) < 1e-5
     assert nt_xent(z.bfloat16(), idx).dtype == torch.float32
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 10])
+def test_anchor_blocks_give_the_naive_loss_and_the_autograd_gradient(chunk):
+    # blocks of 1, 3 (the last one short) and all 10 anchors; label positives and a lonely anchor
+    torch.manual_seed(4)
+    z = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    idx = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    loss = nt_xent(z, idx, 0.3, chunk=chunk)
+    assert abs(loss.item() - naive_nt_xent(z.detach(), idx, 0.3)) < 1e-6
+    loss.backward()
+    # the gradient of the definition through plain autograd, in float64
+    ref = z.detach().clone().requires_grad_(True)
+    zn = ref / ref.norm(dim=1, keepdim=True)
+    logp = (zn @ zn.T / 0.3).masked_fill(torch.eye(10, dtype=torch.bool), -torch.inf).log_softmax(1)
+    pos = (idx[:, None] == idx[None, :]) & ~torch.eye(10, dtype=torch.bool)
+    has = pos.any(1)
+    (-(logp.masked_fill(~pos, 0).sum(1)[has] / pos.sum(1)[has]).mean()).backward()
+    torch.testing.assert_close(z.grad, ref.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_float32_logits_under_autocast():
+    # the loss ignores a bf16 autocast around it: the same value and gradient as without
+    torch.manual_seed(5)
+    z = torch.randn(16, 8, requires_grad=True)
+    idx = torch.arange(8).repeat(2)
+    plain = nt_xent(z, idx, 0.2)
+    (g_plain,) = torch.autograd.grad(plain, z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = nt_xent(z, idx, 0.2)
+    (g_mixed,) = torch.autograd.grad(mixed, z)
+    assert mixed.item() == plain.item()
+    torch.testing.assert_close(g_mixed, g_plain, atol=0, rtol=0)
