@@ -77,3 +77,4 @@ def test_a_partly_labelled_folder_is_scored_on_held_out_images(tmp_path, capsys)
     assert "8 labelled training images" in r["few_label_skipped"]["10"]
     out = capsys.readouterr().out
     assert "features of 24 images ..." in out and "has no test split" in out and "skipped" in out
+    assert "so every one of them votes" in out  # k = 200 over 16 training images

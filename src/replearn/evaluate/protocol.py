@@ -179,6 +179,9 @@ def evaluate(run: str | None = None, config: EvaluateConfig | None = None, *, ve
     fp_train, yp_train, fp_test, yp_test = probes.sets
     say(probes.describe(cfg.data))
     say(f"kNN (k={cfg.knn_k}) ...")
+    if cfg.knn_k >= len(yp_train):
+        say(f"note: k={cfg.knn_k} is at least the {len(yp_train)} training images, so every one of them votes; "
+            "a smaller --knn-k suits so few")
     dev = default_device()  # the kNN's products on the GPU when there is one
     knn = knn_accuracy(fp_train.to(dev), yp_train, fp_test.to(dev), yp_test, k=cfg.knn_k,
                        temperature=cfg.knn_temperature)
