@@ -37,7 +37,7 @@ CHUNK_ELEMENTS = 1 << 22  # anchors x candidates held at once (16 MB of float32 
 class _NTXent(torch.autograd.Function):
     """NT-Xent of ``nt_xent``'s docstring on normalised ``z`` (anchors) and ``cand``, over blocks of
     ``rows`` anchors: a block's logits (rows x candidates) are made, reduced to each anchor's
-    log-sum-exp, positive-logit sum and positive count, and dropped; the backward makes them again
+    log-sum-exp, mean positive logit and positive count, and dropped; the backward makes them again
     block by block. Memory is one block instead of the half-dozen (anchors x candidates) tensors
     of the plain autograd graph, whatever the number of processes gathered.
 
